@@ -1,0 +1,141 @@
+"""Experiments: ablation and activation patching, measured over many inputs into an Effect."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._errors import InterpError
+from ._interventions import Intervention, Mean, Patch, check_how
+from ._metrics import Metric
+from ._runner import Edit, check_site, run
+from ._settings import settings
+from ._sites import Site, as_sites
+from ._stats import Effect, bootstrap_ci, mean_effect, sign_flip_p
+from ._subject import Subject
+
+
+def _subject(subject: Any) -> Subject:
+    if not isinstance(subject, Subject):
+        raise InterpError("the first argument is not a Subject", expected="pi.load(path_or_model)",
+                          seen=type(subject).__name__, fix="wrap the model with pi.load(...) first "
+                          "(or use the `subject` fixture)")
+    return subject
+
+
+def _metric(metric: Any) -> Metric:
+    if not isinstance(metric, Metric):
+        raise InterpError("metric is not a pi.metrics.Metric", expected="e.g. pi.metrics.loss() or "
+                          "pi.metrics.Metric(fn, higher_is_better=True)", seen=repr(metric)[:80],
+                          fix="wrap a function with pi.metrics.Metric(fn, higher_is_better=...)")
+    return metric
+
+
+def _stat_args(alpha: float | None, seed: int | None) -> dict[str, Any]:
+    s = settings()
+    return {"alpha": s.alpha if alpha is None else alpha, "seed": s.seed if seed is None else seed,
+            "n_boot": s.n_boot, "n_perm": s.n_perm}
+
+
+def _to_np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: Metric,
+           how: Intervention | None = None, alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Damage done by ablating ``sites`` together: per example, how much worse the metric gets
+    (positive = behaviour lost; for a higher-is-better metric, clean - ablated; else ablated - clean).
+
+    Args:
+        subject: the model (from :func:`pytest_interp.load`).
+        sites: one site or several, ablated in the same forward pass.
+        inputs: token ids [batch, seq] (or equal-length strings, with a tokenizer).
+        metric: the behaviour score.
+        how: the intervention; default :class:`Mean` over the inputs.
+        alpha, seed: override the run-wide settings for this experiment.
+    """
+    subject, metric = _subject(subject), _metric(metric)
+    how = check_how(Mean() if how is None else how)
+    sites_t = as_sites(sites)
+    tokens = subject.tokens(inputs)
+    for s in sites_t:
+        check_site(subject, s, tokens)
+    score = metric.bind(subject, tokens)
+    clean = run(subject, tokens, [], score)
+    edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in sites_t]
+    hit = run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+    values = clean - hit if metric.higher_is_better else hit - clean
+    st = _stat_args(alpha, seed)
+    return mean_effect(_to_np(values), sites=sites_t, method="ablate", intervention=how.describe(),
+                       metric=metric.name, higher_is_better=metric.higher_is_better,
+                       details={"clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean())}, **st)
+
+
+def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: Any, metric: Metric,
+          into: str = "corrupt", alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Activation patching: the fraction of the clean-corrupt gap in ``metric`` that ``sites`` carry.
+
+    ``into="corrupt"`` (denoising, the default) runs the corrupt inputs with the sites' clean activations and
+    reports the restored fraction ``(mean patched - mean corrupt) / (mean clean - mean corrupt)``.
+    ``into="clean"`` (noising) runs the clean inputs with the sites' corrupt activations and reports the
+    destroyed fraction ``(mean clean - mean patched) / (mean clean - mean corrupt)``. Both are computed on
+    batch means, so an example whose own gap is near zero cannot blow the estimate up; the CI resamples
+    examples and recomputes the ratio.
+    """
+    subject, metric = _subject(subject), _metric(metric)
+    if into not in ("corrupt", "clean"):
+        raise InterpError("into= must be 'corrupt' or 'clean'", expected="'corrupt' (clean activations into "
+                          "the corrupt run) or 'clean' (corrupt activations into the clean run)", seen=repr(into),
+                          fix="pick one of the two directions")
+    if metric.needs_clean:
+        raise InterpError(f"metric {metric.name} cannot score patching", expected="a metric of the run alone "
+                          "(logprob, logit_diff, loss, accuracy, or your own)", seen=metric.name,
+                          fix="use pi.metrics.logit_diff(answer, wrong) or logprob(answer)")
+    sites_t = as_sites(sites)
+    tc = subject.tokens(clean, name="clean")
+    tk = subject.tokens(corrupt, name="corrupt")
+    if tc.shape != tk.shape:
+        raise InterpError("clean and corrupt inputs have different shapes",
+                          expected="the same [batch, seq] (aligned token for token)",
+                          seen=f"clean {tuple(tc.shape)}, corrupt {tuple(tk.shape)}",
+                          fix="pad or choose prompts so the two batches tokenise to equal shapes")
+    for s in sites_t:
+        check_site(subject, s, tc)
+    sign = 1.0 if metric.higher_is_better else -1.0
+    score_c, score_k = metric.bind(subject, tc), metric.bind(subject, tk)
+    k = _to_np(run(subject, tc, [], score_c)) * sign
+    c = _to_np(run(subject, tk, [], score_k)) * sign
+    gap = float(k.mean() - c.mean())
+    scale = max(abs(float(k.mean())), abs(float(c.mean())), 1e-6)
+    if not abs(gap) > 1e-6 * scale:
+        raise InterpError(f"clean and corrupt inputs give the same {metric.name}",
+                          expected="a clean-corrupt gap to restore", seen=f"mean clean {k.mean():.6g}, "
+                          f"mean corrupt {c.mean():.6g}", fix="corrupt the inputs in a way that changes the behaviour")
+    if gap < 0:
+        raise InterpError(f"the corrupt inputs score better than the clean ones on {metric.name}",
+                          expected="clean better than corrupt", seen=f"mean clean {sign * k.mean():.6g}, "
+                          f"mean corrupt {sign * c.mean():.6g}", fix="swap clean= and corrupt=, or check the metric")
+    if into == "corrupt":
+        target, src, score, label = tk, tc, score_k, "patch clean -> corrupt"
+    else:
+        target, src, score, label = tc, tk, score_c, "patch corrupt -> clean"
+    how = Patch(source=src, label=label)
+    edits = [Edit(s, how.prepare(subject, s, target), False, label) for s in sites_t]
+    p = _to_np(run(subject, target, edits, score)) * sign
+    st = _stat_args(alpha, seed)
+    if into == "corrupt":
+        diff, ratio = p - c, (lambda P, C, K: (P - C) / (K - C))
+        mean = float((p.mean() - c.mean()) / gap)
+    else:
+        diff, ratio = k - p, (lambda P, C, K: (K - P) / (K - C))
+        mean = float((k.mean() - p.mean()) / gap)
+    ci = bootstrap_ci((p, c, k), ratio, alpha=st["alpha"], n_boot=st["n_boot"], seed=st["seed"])
+    return Effect(mean=mean, ci=ci, n=int(p.size), p_value=sign_flip_p(diff, n_perm=st["n_perm"], seed=st["seed"]),
+                  values=diff / gap, sites=sites_t, method="patch", intervention=label, metric=metric.name,
+                  higher_is_better=metric.higher_is_better, seed=st["seed"], alpha=st["alpha"],
+                  n_boot=st["n_boot"],
+                  details={"clean_mean": sign * float(k.mean()), "corrupt_mean": sign * float(c.mean()),
+                           "patched_mean": sign * float(p.mean())})
+

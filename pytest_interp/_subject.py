@@ -1,0 +1,278 @@
+"""Subjects: a loaded model with its tokenizer and adapter, and validation of the inputs it is given."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._adapters import BoundAdapter, adapter_for
+from ._errors import InterpError, InterpWarning
+from ._settings import settings
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+
+
+class Subject:
+    """A model under test: the torch model, its tokenizer (optional) and the adapter that locates its sites.
+
+    Build one with :func:`pytest_interp.load`.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any = None, *, path: str | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = path
+        self.adapter: BoundAdapter = adapter_for(model)
+        self.config = model.config
+        self._fingerprint: str | None = None
+        self.clean_memo: dict[tuple[Any, ...], Any] = {}
+
+    # sizes -------------------------------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.adapter.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.adapter.n_heads
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def max_positions(self) -> int | None:
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(self.config, name, None)
+            if value:
+                return int(value)
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return self.path or getattr(self.config, "_name_or_path", "") or type(self.model).__name__
+
+    @property
+    def attn_implementation(self) -> str:
+        return str(getattr(self.config, "_attn_implementation", None) or "eager")
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the config and every weight: identifies the model, not its path."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                t = tensor.detach().to("cpu").contiguous()
+                h.update(str(t.dtype).encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def __repr__(self) -> str:
+        return (f"<Subject {self.name}: {self.adapter.name}, {self.n_layers} layers x {self.n_heads} heads, "
+                f"vocab {self.vocab_size}, attention {self.attn_implementation}>")
+
+    # inputs ------------------------------------------------------------------------------------------
+    def tokens(self, inputs: Any, *, name: str = "inputs") -> torch.Tensor:
+        """Validate ``inputs`` (token ids or strings) and return token ids ``[batch, seq]`` on the model's device."""
+        if hasattr(inputs, "tokens") and not isinstance(inputs, (str, torch.Tensor)):
+            inputs = inputs.tokens
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs):
+            inputs = self._tokenize(list(inputs), name)
+        if isinstance(inputs, (list, tuple)):
+            if not inputs:
+                raise InterpError(f"{name} is an empty batch", expected="at least one example",
+                                  seen="0 examples", fix=f"pass a non-empty batch as {name}")
+            lengths = {len(x) if hasattr(x, "__len__") else -1 for x in inputs}
+            if len(lengths) != 1 or -1 in lengths:
+                raise InterpError(f"{name} has sequences of different lengths",
+                                  expected="equal-length token sequences", seen=f"lengths {sorted(lengths)[:6]}",
+                                  fix="use prompts of equal token length (templates with same-length fillers)")
+            inputs = torch.tensor(inputs)
+        if hasattr(inputs, "__array__") and not isinstance(inputs, torch.Tensor):
+            inputs = torch.as_tensor(inputs)
+        if not isinstance(inputs, torch.Tensor):
+            raise InterpError(f"{name} has an unsupported type", expected="token ids [batch, seq] or a list of "
+                              "strings", seen=type(inputs).__name__, fix="pass a LongTensor of token ids")
+        if inputs.dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.bool):
+            raise InterpError(f"{name} are not token ids", expected="an integer tensor",
+                              seen=f"dtype {inputs.dtype}", fix="pass token ids (torch.long)")
+        if inputs.dim() == 1:
+            inputs = inputs[None]
+        if inputs.dim() != 2:
+            raise InterpError(f"{name} has the wrong shape", expected="[batch, seq]", seen=str(tuple(inputs.shape)),
+                              fix="pass a 2-d tensor of token ids")
+        if inputs.shape[0] == 0 or inputs.shape[1] == 0:
+            raise InterpError(f"{name} is an empty batch", expected="at least one example of at least one token",
+                              seen=f"shape {tuple(inputs.shape)}", fix=f"pass a non-empty batch as {name}")
+        lo, hi = int(inputs.min()), int(inputs.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise InterpError(f"{name} has token ids outside the vocabulary",
+                              expected=f"ids in [0, {self.vocab_size - 1}]", seen=f"ids in [{lo}, {hi}]",
+                              fix="check the tokenizer matches the model")
+        if self.max_positions is not None and inputs.shape[1] > self.max_positions:
+            raise InterpError(f"{name} are longer than the model's context",
+                              expected=f"at most {self.max_positions} tokens",
+                              seen=f"{inputs.shape[1]} tokens", fix="shorten the inputs")
+        return inputs.to(device=self.device, dtype=torch.long)
+
+    def _tokenize(self, texts: list[str], name: str) -> list[list[int]]:
+        if self.tokenizer is None:
+            raise InterpError(f"{name} are strings but this subject has no tokenizer",
+                              expected="a tokenizer, or token ids", seen=f"{len(texts)} strings",
+                              fix="pass tokenizer= to pi.load, ship tokenizer.json with the model, or pass ids")
+        return [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+    def token_ids(self, answers: Any, *, name: str = "answer") -> torch.Tensor:
+        """One token id per example, from ids or single-token strings."""
+        if isinstance(answers, str):
+            answers = [answers]
+        if isinstance(answers, (list, tuple)) and answers and all(isinstance(a, str) for a in answers):
+            if self.tokenizer is None:
+                raise InterpError(f"{name} is given as strings but this subject has no tokenizer",
+                                  expected="token ids, or a tokenizer", seen=repr(answers[:3]),
+                                  fix="pass tokenizer= to pi.load or give token ids")
+            ids = []
+            for a in answers:
+                got = self.tokenizer(a, add_special_tokens=False)["input_ids"]
+                if len(got) != 1:
+                    raise InterpError(f"{name} {a!r} is not a single token", expected="one token per answer",
+                                      seen=f"{len(got)} tokens {got}", fix="use a single-token answer")
+                ids.append(got[0])
+            answers = ids
+        t = torch.as_tensor(answers, dtype=torch.long).reshape(-1).to(self.device)
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.vocab_size):
+            raise InterpError(f"{name} has token ids outside the vocabulary",
+                              expected=f"ids in [0, {self.vocab_size - 1}]",
+                              seen=f"ids in [{int(t.min())}, {int(t.max())}]", fix="check the answer ids")
+        return t
+
+    # running -----------------------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, **kwargs: Any) -> Any:
+        """One forward pass without gradients; returns the model output."""
+        if self.adapter.causal:
+            kwargs.setdefault("use_cache", False)
+        with torch.no_grad():
+            return self.model(input_ids=tokens, **kwargs)
+
+    def ensure_eager(self, *, switch: bool = True) -> None:
+        """Make attention weights available: switch SDPA/flash attention to eager, saying so, or refuse."""
+        impl = self.attn_implementation
+        if impl == "eager":
+            return
+        if not switch:
+            raise InterpError(f"attention patterns requested from a model using '{impl}' attention",
+                              expected="eager attention (SDPA and flash kernels return no attention weights)",
+                              seen=f"attn_implementation={impl!r}",
+                              fix="load with pi.load(..., attn_implementation='eager') or allow the switch")
+        try:
+            self.model.set_attn_implementation("eager")
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise InterpError("cannot switch this model to eager attention", expected="a transformers model "
+                              "that supports attn_implementation='eager'", seen=f"{type(exc).__name__}: {exc}",
+                              fix="load the model with attn_implementation='eager'") from exc
+        warnings.warn(f"switched {self.name} from '{impl}' to eager attention to read attention weights "
+                      f"(SDPA returns none); numbers are unchanged up to float rounding", InterpWarning,
+                      stacklevel=3)
+
+    def attention(self, inputs: Any, layer: int, *, switch: bool = True) -> torch.Tensor:
+        """Attention weights of every head of ``layer``: ``[batch, heads, query, key]``."""
+        from ._runner import check_layer
+
+        check_layer(self, layer)
+        self.ensure_eager(switch=switch)
+        tokens = self.tokens(inputs)
+        parts = []
+        bs = settings().batch_size
+        for i in range(0, tokens.shape[0], bs):
+            out = self.forward(tokens[i:i + bs], output_attentions=True)
+            att = getattr(out, "attentions", None)
+            if not att or att[layer] is None:
+                raise InterpError("the model returned no attention weights",
+                                  expected="attentions from output_attentions=True",
+                                  seen=f"attentions={type(att).__name__}, attn_implementation="
+                                       f"{self.attn_implementation}",
+                                  fix="load with attn_implementation='eager'")
+            parts.append(att[layer].float())
+        return torch.cat(parts)
+
+
+def load(path_or_model: Any, tokenizer: Any = None, *, attn_implementation: str = "eager",
+         device: str | None = None, dtype: Any = None) -> Subject:
+    """Load a local Hugging Face checkpoint (through ``from_pretrained``), or wrap an in-memory model.
+
+    Args:
+        path_or_model: a local model directory, or a ``transformers`` model object.
+        tokenizer: a tokenizer object or a local tokenizer directory; by default the checkpoint's own, if it
+            ships one.
+        attn_implementation: attention kernel for checkpoints loaded from disk; ``"eager"`` (the default)
+            keeps attention weights readable.
+        device: torch device (default: the ``--interp-device`` setting).
+        dtype: torch dtype to load weights in (default: as stored).
+    """
+    if isinstance(path_or_model, Subject):
+        return path_or_model
+    device = device or settings().device
+    if isinstance(path_or_model, (str, os.PathLike)):
+        path = Path(path_or_model)
+        if not (path / "config.json").is_file():
+            raise InterpError(f"no model checkpoint at {str(path)!r}",
+                              expected="a local directory with config.json and model weights",
+                              seen="missing directory" if not path.exists() else
+                              f"directory with {sorted(p.name for p in path.iterdir())[:8]}",
+                              fix="pass the path of a local Hugging Face model directory (no hub downloads)")
+        model = _from_pretrained(path, attn_implementation, dtype)
+        if tokenizer is None and any((path / f).exists() for f in _TOKENIZER_FILES):
+            tokenizer = path
+        path_str = str(path)
+    else:
+        model = path_or_model
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            raise InterpError("pi.load got neither a path nor a transformers model",
+                              expected="a local HF directory or a PreTrainedModel",
+                              seen=type(model).__name__, fix="pass a path or a loaded model")
+        path_str = None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    model.eval()
+    if device is not None and path_str is not None:
+        model.to(device)
+    return Subject(model, tokenizer, path=path_str)
+
+
+def _from_pretrained(path: Path, attn_implementation: str, dtype: Any) -> Any:
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": attn_implementation}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    archs = list(getattr(config, "architectures", None) or [])
+    for arch in archs:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls.from_pretrained(str(path), **kwargs)
+    errors = []
+    for auto in ("AutoModelForCausalLM", "AutoModelForMaskedLM"):
+        try:
+            return getattr(transformers, auto).from_pretrained(str(path), **kwargs)
+        except ValueError as exc:
+            errors.append(f"{auto}: {exc}".splitlines()[0])
+    raise InterpError(f"cannot load the checkpoint at {str(path)!r} as a language model",
+                      expected="a causal or masked LM checkpoint", seen="; ".join(errors)[:300],
+                      fix="load the model yourself and pass it to pi.load(model)")

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny seeded models in memory, the shipped fixture models, and fast statistics settings."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+from tests.helpers import INDUCTION, POSITIONAL, tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    import pytest_interp as pi
+
+    return pi.load(tiny_model("llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    import pytest_interp as pi
+
+    return pi.load(tiny_model("gpt2"))
+
+
+@pytest.fixture
+def tokens():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(1, 48, (12, 16), generator=g)
+
+
+@pytest.fixture(scope="session")
+def induction():
+    if not (INDUCTION / "config.json").exists():
+        pytest.fail("fixtures/induction-llama is missing: run python fixtures/train_induction_llama.py")
+    import pytest_interp as pi
+
+    return pi.load(INDUCTION)
+
+
+@pytest.fixture(scope="session")
+def positional():
+    if not (POSITIONAL / "config.json").exists():
+        pytest.fail("fixtures/positional-gpt2 is missing: run python fixtures/train_positional_gpt2.py")
+    import pytest_interp as pi
+
+    return pi.load(POSITIONAL)
+
+
+@pytest.fixture(autouse=True)
+def _fast_stats():
+    """Unit tests use fewer resamples; settings are restored after each test."""
+    import pytest_interp as pi
+    from pytest_interp import _settings
+
+    before = pi.settings()
+    _settings.configure(n_boot=2000, n_perm=2000)
+    yield
+    _settings._current[-1] = before

@@ -1,0 +1,51 @@
+"""Helpers shared by the tests: paths and tiny seeded models of every built-in architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+INDUCTION = FIXTURES / "induction-llama"
+POSITIONAL = FIXTURES / "positional-gpt2"
+
+ARCHS = ["gpt2", "llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "gpt_neox", "bert"]
+
+
+def tiny_model(arch: str, seed: int = 0, attn: str = "eager"):
+    """A 2-layer, 4-head, d=32 model of ``arch`` with seeded random weights."""
+    import torch
+    import transformers as tf
+
+    common = dict(vocab_size=48, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64)
+    if arch == "gpt2":
+        cls, cfg = tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=48, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                                     bos_token_id=0, eos_token_id=0)
+    elif arch in ("llama", "mistral", "qwen2"):
+        name = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[arch]
+        cls = getattr(tf, f"{name}ForCausalLM")
+        cfg = getattr(tf, f"{name}Config")(num_key_value_heads=2, bos_token_id=0, eos_token_id=0, **common)
+    elif arch == "mixtral":
+        cls, cfg = tf.MixtralForCausalLM, tf.MixtralConfig(num_key_value_heads=2, num_local_experts=4,
+                                                           num_experts_per_tok=2, bos_token_id=0, **common)
+    elif arch == "qwen2_moe":
+        cls, cfg = tf.Qwen2MoeForCausalLM, tf.Qwen2MoeConfig(num_key_value_heads=2, num_experts=4,
+                                                              num_experts_per_tok=2, moe_intermediate_size=32,
+                                                              shared_expert_intermediate_size=32, bos_token_id=0,
+                                                              **common)
+    elif arch == "olmoe":
+        cls, cfg = tf.OlmoeForCausalLM, tf.OlmoeConfig(num_key_value_heads=4, num_experts=4, num_experts_per_tok=2,
+                                                      bos_token_id=0, eos_token_id=0, pad_token_id=0, **common)
+    elif arch == "gpt_neox":
+        cls, cfg = tf.GPTNeoXForCausalLM, tf.GPTNeoXConfig(bos_token_id=0, eos_token_id=0, **common)
+    elif arch == "bert":
+        cls, cfg = tf.BertForMaskedLM, tf.BertConfig(vocab_size=48, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=4, intermediate_size=64,
+                                                     max_position_embeddings=64, pad_token_id=0)
+    else:  # pragma: no cover
+        raise ValueError(arch)
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = cls(cfg).eval()
+    return model
