@@ -29,6 +29,7 @@ def _threshold(name: str, value: Any, *, positive: bool = False) -> float:
 
 def _decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, extra: list[str] | None = None,
             kind: str = "") -> Effect:
+    __tracebackhide__ = True
     lvl = round(100 * (1 - effect.alpha), 2)
     record = {"claim": claim, "kind": kind, "sites": [str(s) for s in effect.sites],
               "intervention": effect.intervention, "metric": effect.metric, "method": effect.method,
@@ -61,6 +62,7 @@ def assert_necessary(subject: Any, sites: Site | list[Site], *, inputs: Any, met
 
     Passes only when the lower end of the (1 - alpha) CI of the damage is >= ``at_least``. Returns the Effect.
     """
+    __tracebackhide__ = True
     t = _threshold("at_least", at_least)
     eff = ablate(subject, sites, inputs=inputs, metric=metric, how=how, alpha=alpha, seed=seed)
     return _decide(f"{describe(eff.sites)} is necessary for {eff.metric} (damage >= {t:g})", eff,
@@ -75,6 +77,7 @@ def assert_not_necessary(subject: Any, sites: Site | list[Site], *, inputs: Any,
     Passes only when the whole (1 - alpha) CI lies inside ``[-within, within]``: a noisy estimate near zero
     does not pass; it needs enough examples to show the effect is small.
     """
+    __tracebackhide__ = True
     w = _threshold("within", within, positive=True)
     eff = ablate(subject, sites, inputs=inputs, metric=metric, how=how, alpha=alpha, seed=seed)
     return _decide(f"{describe(eff.sites)} is not necessary for {eff.metric} (|damage| < {w:g})", eff,
@@ -86,6 +89,7 @@ def assert_restores(subject: Any, sites: Site | list[Site], *, clean: Any, corru
                     at_least: float, into: str = "corrupt", alpha: float | None = None,
                     seed: int | None = None) -> Effect:
     """Claim: patching ``sites`` restores at least ``at_least`` of the clean-corrupt gap (lower CI bound)."""
+    __tracebackhide__ = True
     t = _threshold("at_least", at_least)
     eff = patch(subject, sites, clean=clean, corrupt=corrupt, metric=metric, into=into, alpha=alpha, seed=seed)
     verb = "restores" if into == "corrupt" else "carries (noising)"
@@ -123,6 +127,7 @@ def assert_induction_head(subject: Any, layer: int, head_: int | None = None, *,
     excluded), BOS, length min(context, 64), ``n`` = 128, segments of 4..min(20, room/2) tokens.
     Returns the causal Effect (the attention score is in ``effect.details``).
     """
+    __tracebackhide__ = True
     if head_ is None:
         head_ = kwargs.pop("head", None)
     if kwargs:

@@ -119,3 +119,23 @@ def repeated_tokens(subject_or_vocab: Any, *, n: int = 128, length: int | None =
         second[i, q:q + s - 1] = True
     return RepeatedTokens(torch.as_tensor(toks, dtype=torch.long), torch.as_tensor(first), torch.as_tensor(second),
                           torch.as_tensor(starts), torch.as_tensor(rstarts), torch.as_tensor(lens))
+
+
+def from_segments(sequences: list[list[int]], starts: list[int], repeat_starts: list[int],
+                  lengths: list[int]) -> RepeatedTokens:
+    """Build a RepeatedTokens batch from equal-length sequences and their (p, q, S) segment placements."""
+    if not sequences or len({len(s) for s in sequences}) != 1:
+        raise InterpError("sequences must be a non-empty list of equal length",
+                          expected="equal-length token lists", seen=f"{len(sequences)} sequences",
+                          fix="draw sequences of one length")
+    n, length = len(sequences), len(sequences[0])
+    first = torch.zeros(n, length, dtype=torch.bool)
+    second = torch.zeros(n, length, dtype=torch.bool)
+    for i, (p, q, s) in enumerate(zip(starts, repeat_starts, lengths)):
+        if sequences[i][q:q + s] != sequences[i][p:p + s]:
+            raise InterpError(f"sequence {i} does not repeat its segment", expected="tokens[q:q+S] == tokens[p:p+S]",
+                              seen=f"p={p} q={q} S={s}", fix="copy the segment before building the batch")
+        first[i, p:p + s - 1] = True
+        second[i, q:q + s - 1] = True
+    return RepeatedTokens(torch.tensor(sequences, dtype=torch.long), first, second, torch.tensor(starts),
+                          torch.tensor(repeat_starts), torch.tensor(lengths))

@@ -58,3 +58,7 @@ class ClaimFailed(AssertionError):
 
 class InterpWarning(UserWarning):
     """pytest-interp changed something on the user's behalf, or a result needs care."""
+
+
+for _cls in (InterpError, InterventionNoOpError, ClaimFailed, InterpWarning):
+    _cls.__module__ = "pytest_interp"

@@ -69,8 +69,8 @@ def _value(config: pytest.Config, name: str, type_: str, default: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "interp_model(path): run this test's `subject` fixture on the model "
-                            "directory at path (relative paths: from the rootdir)")
+    config.addinivalue_line("markers", "interp_model(path): the `subject` fixture of this module loads the model "
+                            "directory at path (relative paths: from the rootdir); set it as pytestmark")
     config.addinivalue_line("markers", "interp_claim: a pre-registered interpretability claim (set on every test "
                             "that uses the `subject` fixture)")
     values = {name.replace("-", "_"): _value(config, name, t, d) for name, t, d, _ in _OPTIONS}
@@ -103,10 +103,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "subject" in getattr(item, "fixturenames", ()):
             item.add_marker("interp_claim")
+            cls = getattr(item, "cls", None)
+            own = [m for m in getattr(item, "own_markers", []) if m.name == "interp_model"]
+            if cls is not None:
+                own += [m for m in getattr(cls, "pytestmark", []) if m.name == "interp_model"]
+            if own:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.interp_model on a test or class is not honoured: the `subject` "
+                    "fixture is module-scoped (so it works with hypothesis). Put "
+                    "`pytestmark = pytest.mark.interp_model(path)` at module level, or call pi.load(path) in "
+                    "the test.")
 
 
 def _model_path(request: pytest.FixtureRequest) -> str:
     marker = request.node.get_closest_marker("interp_model")
+    if marker is None and request.node.parent is not None:
+        marker = request.node.parent.get_closest_marker("interp_model")
     if marker is not None:
         if not marker.args:
             raise pytest.UsageError("@pytest.mark.interp_model needs a path: @pytest.mark.interp_model('dir')")
@@ -123,9 +135,12 @@ def _model_path(request: pytest.FixtureRequest) -> str:
     return str(path)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def subject(request: pytest.FixtureRequest) -> Any:
-    """The model under test (a ``pi.Subject``), loaded once per session per model directory."""
+    """The model under test (a ``pi.Subject``), loaded once per session per model directory.
+
+    Module-scoped, so it works with hypothesis's ``@given``; ``@pytest.mark.interp_model(path)`` therefore
+    applies per module (``pytestmark = pytest.mark.interp_model(path)``)."""
     from ._subject import load
 
     path = _model_path(request)
@@ -135,7 +150,7 @@ def subject(request: pytest.FixtureRequest) -> Any:
     return cache[path]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def repeated(subject: Any) -> Any:
     """128 random sequences BOS + A + A (A fills half the context, at most 64 tokens) for the subject:
     ``.tokens``, ``.first_half`` and ``.second_half`` prediction masks."""

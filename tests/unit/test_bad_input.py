@@ -1,0 +1,200 @@
+"""Bad input gives an InterpError that says what was wrong and how to fix it, never a deep torch traceback."""
+
+import warnings
+
+import pytest
+import torch
+
+import pytest_interp as pi
+from tests.helpers import tiny_model
+
+LOSS = pi.metrics.loss()
+
+
+def check(err: pytest.ExceptionInfo, *words: str) -> None:
+    msg = str(err.value)
+    assert "fix:" in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_layer_out_of_range(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(2), inputs=tokens, metric=LOSS)
+    check(err, "layer 2 is out of range", "0..1")
+
+
+def test_resid_accepts_the_final_stream_only(tiny_llama, tokens):
+    pi.ablate(tiny_llama, pi.resid(2), inputs=tokens, metric=LOSS, how=pi.Zero())
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.resid(3), inputs=tokens, metric=LOSS)
+    check(err, "resid(2) is the final stream")
+
+
+def test_head_out_of_range(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.head(0, 4), inputs=tokens, metric=LOSS)
+    check(err, "head 0.4 is out of range", "0..3")
+
+
+def test_expert_out_of_range_and_dense_model(tokens):
+    moe = pi.load(tiny_model("mixtral"))
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(moe, pi.expert(0, 9), inputs=tokens, metric=LOSS)
+    check(err, "expert 0.9 is out of range")
+    dense = pi.load(tiny_model("llama"))
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(dense, pi.expert(0, 0), inputs=tokens, metric=LOSS)
+    check(err, "no MoE router")
+
+
+def test_position_out_of_range(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0).at(16), inputs=tokens, metric=LOSS)
+    check(err, "position 16", "out of range")
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0).at(torch.ones(3, 16, dtype=torch.bool)), inputs=tokens, metric=LOSS)
+    check(err, "wrong shape")
+
+
+def test_text_without_tokenizer(tiny_llama):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=["hello world", "bye world"], metric=LOSS)
+    check(err, "no tokenizer")
+
+
+@pytest.mark.parametrize("empty", [[], torch.zeros(0, 5, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long)])
+def test_empty_batch(tiny_llama, empty):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=empty, metric=LOSS)
+    check(err, "empty batch")
+
+
+def test_token_ids_outside_vocabulary_and_context(tiny_llama):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=torch.full((2, 4), 99), metric=LOSS)
+    check(err, "outside the vocabulary")
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=torch.ones(2, 65, dtype=torch.long), metric=LOSS)
+    check(err, "longer than the model's context")
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=torch.ones(2, 4), metric=LOSS)
+    check(err, "not token ids")
+
+
+def test_mismatched_clean_corrupt(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.patch(tiny_llama, pi.mlp(0), clean=tokens, corrupt=tokens[:, :-1], metric=LOSS)
+    check(err, "different shapes", "(12, 16)", "(12, 15)")
+
+
+def test_patch_without_a_gap(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.patch(tiny_llama, pi.mlp(0), clean=tokens, corrupt=tokens, metric=LOSS)
+    check(err, "give the same")
+
+
+def test_nan_logits(tokens):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(pi.load(model), pi.head(0, 0), inputs=tokens, metric=LOSS)
+    check(err, "NaN/inf logits")
+
+
+def test_attention_from_sdpa_switches_to_eager_and_says_so(tokens):
+    s = pi.load(tiny_model("llama", attn="sdpa"))
+    assert s.attn_implementation == "sdpa"
+    with pytest.raises(pi.InterpError) as err:
+        s.attention(tokens, 0, switch=False)
+    check(err, "'sdpa' attention", "eager")
+    with pytest.warns(pi.InterpWarning, match="switched .* to eager"):
+        att = s.attention(tokens, 0)
+    assert att.shape == (12, 4, 16, 16)
+    assert torch.allclose(att.sum(-1), torch.ones(12, 4, 16), atol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.attention(tokens, 1)  # already eager: no second warning
+
+
+def test_intervention_that_does_not_fire(tokens):
+    model = tiny_model("llama")
+    model.model.layers[0].unused = torch.nn.Linear(32, 32)
+    bad = pi.Adapter("llama-misrouted", layers="model.layers", attn_out="self_attn.o_proj", mlp="unused")
+    pi.register_adapter(type("P", (), {"pytest_interp_adapter": staticmethod(
+        lambda model: bad if hasattr(model.model.layers[0], "unused") else None)})())
+    s = pi.load(model)
+    assert s.adapter.name == "llama-misrouted"
+    with pytest.raises(pi.InterventionNoOpError) as err:
+        pi.ablate(s, pi.mlp(0), inputs=tokens, metric=LOSS, how=pi.Zero())
+    check(err, "did not fire")
+
+
+def test_intervention_that_does_not_change_its_target(tokens):
+    model = tiny_model("llama")
+    with torch.no_grad():  # head 0.1's value vectors are zero, so its output is already zero
+        model.model.layers[0].self_attn.v_proj.weight.zero_()
+    s = pi.load(model)
+    with pytest.raises(pi.InterventionNoOpError) as err:
+        pi.ablate(s, pi.head(0, 1), inputs=tokens, metric=LOSS, how=pi.Zero())
+    check(err, "did not change")
+    assert isinstance(err.value, pi.InterpError)
+
+
+def test_unknown_architecture_lists_supported_and_shows_how_to_register():
+    model = tiny_model("llama")
+    model.config.model_type = "mystery"
+    with pytest.raises(pi.InterpError) as err:
+        pi.load(model)
+    check(err, "no adapter for architecture 'mystery'", "gpt2", "llama", "mixtral", "bert",
+           "def pytest_interp_adapter(model)")
+
+
+def test_missing_checkpoint_directory(tmp_path):
+    with pytest.raises(pi.InterpError) as err:
+        pi.load(tmp_path / "nope")
+    check(err, "no model checkpoint", "no hub downloads")
+
+
+def test_bad_metric_and_how(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=lambda l, t: l.sum())
+    check(err, "not a pi.metrics.Metric")
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=LOSS, how=pi.Zero)
+    check(err, "class, not an instance", "pi.Zero()")
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, "mlp 0", inputs=tokens, metric=LOSS)
+    check(err, "sites must be")
+
+
+def test_bad_masks(tiny_llama, tokens):
+    last = torch.zeros(tokens.shape, dtype=torch.bool)
+    last[:, -1] = True
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=pi.metrics.loss(mask=last))
+    check(err, "last position")
+    empty = torch.zeros(tokens.shape, dtype=torch.bool)
+    empty[1:, 3] = True
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=pi.metrics.loss(mask=empty))
+    check(err, "no prediction for 1 example")
+
+
+def test_bad_thresholds(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError):
+        pi.assert_not_necessary(tiny_llama, pi.mlp(0), inputs=tokens, metric=LOSS, within=-1)
+    with pytest.raises(pi.InterpError):
+        pi.assert_necessary(tiny_llama, pi.mlp(0), inputs=tokens, metric=LOSS, at_least="big")
+
+
+def test_ragged_text_is_refused(tmp_path):
+    from tests.helpers import INDUCTION
+
+    if not (INDUCTION / "tokenizer.json").exists():
+        pytest.skip("fixture model not built")
+    s = pi.load(INDUCTION)
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(s, pi.mlp(0), inputs=["<bos> t1 t2 t3", "<bos> t1 t2"], metric=LOSS)
+    check(err, "different lengths")
