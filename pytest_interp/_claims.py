@@ -28,14 +28,15 @@ def _threshold(name: str, value: Any, *, positive: bool = False) -> float:
 
 
 def _decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, extra: list[str] | None = None,
-            kind: str = "") -> Effect:
+            kind: str = "", bounds: tuple[float, ...] = ()) -> Effect:
     __tracebackhide__ = True
     lvl = round(100 * (1 - effect.alpha), 2)
     record = {"claim": claim, "kind": kind, "sites": [str(s) for s in effect.sites],
               "intervention": effect.intervention, "metric": effect.metric, "method": effect.method,
               "effect": effect.mean, "ci": list(effect.ci), "n": effect.n, "p_value": effect.p_value,
               "alpha": effect.alpha, "seed": effect.seed, "threshold": threshold, "rule": rule,
-              "passed": passed}
+              "passed": passed, "bounds": list(bounds), "model": effect.model, "n_boot": effect.n_boot,
+              "details": {k: v for k, v in effect.details.items() if isinstance(v, (int, float, str))}}
     _records.add(record)
     if passed:
         return effect
@@ -66,7 +67,8 @@ def assert_necessary(subject: Any, sites: Site | list[Site], *, inputs: Any, met
     t = _threshold("at_least", at_least)
     eff = ablate(subject, sites, inputs=inputs, metric=metric, how=how, alpha=alpha, seed=seed)
     return _decide(f"{describe(eff.sites)} is necessary for {eff.metric} (damage >= {t:g})", eff,
-                   eff.ci[0] >= t, "lower CI bound >= threshold", f"damage >= {t:g}", kind="necessary")
+                   eff.ci[0] >= t, "lower CI bound >= threshold", f"damage >= {t:g}", kind="necessary",
+                   bounds=(t,))
 
 
 def assert_not_necessary(subject: Any, sites: Site | list[Site], *, inputs: Any, metric: Metric, within: float,
@@ -82,7 +84,7 @@ def assert_not_necessary(subject: Any, sites: Site | list[Site], *, inputs: Any,
     eff = ablate(subject, sites, inputs=inputs, metric=metric, how=how, alpha=alpha, seed=seed)
     return _decide(f"{describe(eff.sites)} is not necessary for {eff.metric} (|damage| < {w:g})", eff,
                    -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]",
-                   f"|damage| <= {w:g}", kind="not_necessary")
+                   f"|damage| <= {w:g}", kind="not_necessary", bounds=(-w, w))
 
 
 def assert_restores(subject: Any, sites: Site | list[Site], *, clean: Any, corrupt: Any, metric: Metric,
@@ -94,7 +96,7 @@ def assert_restores(subject: Any, sites: Site | list[Site], *, clean: Any, corru
     eff = patch(subject, sites, clean=clean, corrupt=corrupt, metric=metric, into=into, alpha=alpha, seed=seed)
     verb = "restores" if into == "corrupt" else "carries (noising)"
     return _decide(f"{describe(eff.sites)} {verb} >= {t:g} of the {eff.metric} gap", eff, eff.ci[0] >= t,
-                   "lower CI bound >= threshold", f"fraction >= {t:g}", kind="restores")
+                   "lower CI bound >= threshold", f"fraction >= {t:g}", kind="restores", bounds=(t,))
 
 
 def induction_scores(subject: Any, layer: int, data: Any) -> np.ndarray:
@@ -165,7 +167,7 @@ def assert_induction_head(subject: Any, layer: int, head_: int | None = None, *,
                    attention_ci_hi=a_ci[1])
     eff = Effect(mean=eff.mean, ci=eff.ci, n=eff.n, p_value=eff.p_value, values=eff.values, sites=eff.sites,
                  method=eff.method, intervention=eff.intervention, metric="in-context loss", higher_is_better=False,
-                 seed=eff.seed, alpha=eff.alpha, n_boot=eff.n_boot, details=details)
+                 seed=eff.seed, alpha=eff.alpha, n_boot=eff.n_boot, details=details, model=eff.model)
     extra = [f"  attention check: mean induction attention {scores.mean():.3g}, {lvl:g}% CI "
              f"[{a_ci[0]:.3g}, {a_ci[1]:.3g}], needs lower bound >= {ta:g}: {'ok' if attn_ok else 'FAILED'}",
              f"  causal check:    in-context loss increase {eff.mean:.3g}, {lvl:g}% CI "
@@ -174,6 +176,6 @@ def assert_induction_head(subject: Any, layer: int, head_: int | None = None, *,
     return _decide(f"{site} is an induction head", eff, attn_ok and causal_ok,
                    "attention lower CI bound >= attention threshold AND ablation damage lower CI bound >= "
                    "loss threshold", f"attention >= {ta:g} and loss increase >= {tl:g}", extra,
-                   kind="induction_head")
+                   kind="induction_head", bounds=(tl,))
 
 

@@ -70,7 +70,8 @@ def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: M
     st = _stat_args(alpha, seed)
     return mean_effect(_to_np(values), sites=sites_t, method="ablate", intervention=how.describe(),
                        metric=metric.name, higher_is_better=metric.higher_is_better,
-                       details={"clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean())}, **st)
+                       details={"clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean())},
+                       model=subject.identity(), **st)
 
 
 def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: Any, metric: Metric,
@@ -135,7 +136,7 @@ def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: An
     return Effect(mean=mean, ci=ci, n=int(p.size), p_value=sign_flip_p(diff, n_perm=st["n_perm"], seed=st["seed"]),
                   values=diff / gap, sites=sites_t, method="patch", intervention=label, metric=metric.name,
                   higher_is_better=metric.higher_is_better, seed=st["seed"], alpha=st["alpha"],
-                  n_boot=st["n_boot"],
+                  n_boot=st["n_boot"], model=subject.identity(),
                   details={"clean_mean": sign * float(k.mean()), "corrupt_mean": sign * float(c.mean()),
                            "patched_mean": sign * float(p.mean())})
 

@@ -71,6 +71,7 @@ class Effect:
         values: per-example values (numpy); for patch, each example's restoration over the mean gap.
         sites, method, intervention, metric, seed, alpha, n_boot: what was done.
         details: run summaries (clean/intervened means, gap, ...).
+        model: the subject's identity (fingerprint, architecture, sizes, dtype, device, versions).
     """
 
     mean: float
@@ -87,6 +88,7 @@ class Effect:
     alpha: float = 0.05
     n_boot: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def site(self) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -69,7 +70,10 @@ class Subject:
     def fingerprint(self) -> str:
         """sha256 over the config and every weight: identifies the model, not its path."""
         if self._fingerprint is None:
-            h = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
+            cfg = {k: v for k, v in self.config.to_dict().items()
+                   if not k.startswith("_") and k not in ("name_or_path", "transformers_version", "dtype",
+                                                           "torch_dtype", "attn_implementation")}
+            h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 h.update(name.encode())
                 t = tensor.detach().to("cpu").contiguous()
@@ -77,6 +81,18 @@ class Subject:
                 h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the model and how it was run: the controls every report records."""
+        import transformers
+
+        param = next(self.model.parameters())
+        return {"name": self.name, "fingerprint": self.fingerprint, "architecture": self.adapter.name,
+                "class": type(self.model).__name__, "layers": self.n_layers, "heads": self.n_heads,
+                "experts": self.adapter.n_experts, "top_k": self.adapter.top_k, "vocab_size": self.vocab_size,
+                "max_positions": self.max_positions, "dtype": str(param.dtype).replace("torch.", ""),
+                "device": str(param.device), "attn_implementation": self.attn_implementation,
+                "torch": torch.__version__, "transformers": transformers.__version__}
 
     def __repr__(self) -> str:
         return (f"<Subject {self.name}: {self.adapter.name}, {self.n_layers} layers x {self.n_heads} heads, "
@@ -262,17 +278,23 @@ def _from_pretrained(path: Path, attn_implementation: str, dtype: Any) -> Any:
     kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": attn_implementation}
     if dtype is not None:
         kwargs["dtype"] = dtype
+    from transformers.utils import logging as hf_logging
+
     archs = list(getattr(config, "architectures", None) or [])
-    for arch in archs:
-        cls = getattr(transformers, arch, None)
-        if cls is not None:
-            return cls.from_pretrained(str(path), **kwargs)
+    candidates = [getattr(transformers, a) for a in archs if hasattr(transformers, a)]
+    candidates += [transformers.AutoModelForCausalLM, transformers.AutoModelForMaskedLM]
     errors = []
-    for auto in ("AutoModelForCausalLM", "AutoModelForMaskedLM"):
-        try:
-            return getattr(transformers, auto).from_pretrained(str(path), **kwargs)
-        except ValueError as exc:
-            errors.append(f"{auto}: {exc}".splitlines()[0])
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load would clutter every pytest run
+    try:
+        for cls in candidates:
+            try:
+                return cls.from_pretrained(str(path), **kwargs)
+            except ValueError as exc:
+                errors.append(f"{cls.__name__}: {exc}".splitlines()[0])
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     raise InterpError(f"cannot load the checkpoint at {str(path)!r} as a language model",
                       expected="a causal or masked LM checkpoint", seen="; ".join(errors)[:300],
                       fix="load the model yourself and pass it to pi.load(model)")

@@ -17,7 +17,7 @@ from . import hookspecs
 
 _CLAIM_KEY = "interp_claim"
 _subjects_key = pytest.StashKey[dict]()
-_records_key = pytest.StashKey[list]()
+_options_key = pytest.StashKey[Any]()
 
 _OPTIONS: list[tuple[str, str, Any, str]] = [
     # (name, type, default, help) - each is --interp-NAME and ini key interp_NAME
@@ -42,6 +42,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(f"--interp-{name}", dest=key, default=None, metavar=name.upper().replace("-", "_"),
                         help=f"{help_} (ini: {key}; default: {default})")
         parser.addini(key, help_, default=None)
+    add = group.addoption
+    add("--interp-json", dest="interp_json", metavar="PATH", help="write the claims report as JSON (versioned schema)")
+    add("--interp-html", dest="interp_html", metavar="PATH", help="write the claims report as one self-contained "
+        "HTML file (effect bars with CIs, heatmaps)")
+    add("--interp-register", dest="interp_register", action="store_true",
+        help="pre-register the claims run: add or update their entries in the registry file")
+    add("--interp-require-registered", dest="interp_require_registered", action="store_true",
+        help="fail any claim missing from the registry or changed since it was registered (for CI)")
+    add("--interp-registry", dest="interp_registry", metavar="PATH",
+        help="registry file (ini: interp_registry; default: interp-registry.json in the rootdir)")
+    parser.addini("interp_registry", "pre-registration registry file", default=None)
+    add("--interp-save-baseline", dest="interp_save_baseline", metavar="NAME", help="store this run's effects "
+        "as baseline NAME")
+    add("--interp-replace-baseline", dest="interp_replace_baseline", action="store_true",
+        help="allow --interp-save-baseline to replace an existing baseline (the old file is kept, timestamped)")
+    add("--interp-compare", dest="interp_compare", metavar="NAME", help="show each claim's drift from baseline NAME")
+    add("--interp-fail-drift", dest="interp_fail_drift", metavar="TOL", help="with --interp-compare: exit non-zero "
+        "when a claim's effect drifts beyond TOL: abs=X and/or rel=Y (e.g. rel=20%%); drift counts when "
+        "|now - baseline| > abs + rel * |baseline|")
+    add("--interp-baseline-dir", dest="interp_baseline_dir", metavar="DIR",
+        help="where baselines live (ini: interp_baseline_dir; default: .interp/baselines in the rootdir)")
+    parser.addini("interp_baseline_dir", "directory of saved baselines", default=None)
 
 
 def _value(config: pytest.Config, name: str, type_: str, default: Any) -> Any:
@@ -75,15 +97,22 @@ def pytest_configure(config: pytest.Config) -> None:
                             "that uses the `subject` fixture)")
     values = {name.replace("-", "_"): _value(config, name, t, d) for name, t, d, _ in _OPTIONS}
     config.stash[_subjects_key] = {}
-    config.stash[_records_key] = []
     config._interp_values = values  # type: ignore[attr-defined]
     from . import _adapters, _settings
 
     _settings.configure(alpha=values["alpha"], seed=values["seed"], n_boot=values["n_boot"],
                         n_perm=values["n_perm"], batch_size=values["batch_size"], device=values["device"])
     _adapters._active_hook[:] = [config.hook.pytest_interp_adapter]
+    from ._session import ClaimsSession, Options
+
+    options = Options(config)
+    config.stash[_options_key] = options
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(ClaimsReport(config), "interp-claims-report")
+        from ._report import versions
+
+        controls = {k: values[k] for k in ("alpha", "seed", "n_boot", "n_perm", "batch_size", "device")}
+        controls.update(decoding=None, versions=versions())
+        config.pluginmanager.register(ClaimsSession(config, options, controls), "interp-claims-session")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -163,52 +192,57 @@ def repeated(subject: Any) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if call.when == "call":
-        from . import _records
+    if call.when != "call":
+        return report
+    from . import _records, _registry
+    from ._session import CLAIM_PROPERTY
 
-        for record in _records.drain():
-            report.user_properties.append((_CLAIM_KEY, json.dumps(record, sort_keys=True)))
+    records = _records.drain()
+    if not records:
+        return report
+    code_hash = _code_hash(item)
+    distinct: list[dict[str, Any]] = []
+    options = item.config.stash[_options_key]
+    problems = []
+    for r in records:
+        r.update(test=item.nodeid, code_hash=code_hash)
+        hyp = {k: r.get(k) for k in _registry.HYPOTHESIS_FIELDS}
+        if hyp not in distinct:
+            distinct.append(hyp)
+        r["index"] = distinct.index(hyp)
+        if options.entries or options.require_registered:
+            r["registry"], diff = _registry.status(options.entries, r)
+            if options.require_registered and r["registry"] != "registered" and r["index"] == len(distinct) - 1:
+                problems.append((r, diff))
+        k = f"interp[{r['index']}]"
+        report.user_properties += [(CLAIM_PROPERTY, json.dumps(r, sort_keys=True, default=str)),
+                                   (f"{k}.claim", r["claim"]), (f"{k}.effect", r["effect"]),
+                                   (f"{k}.ci_low", r["ci"][0]), (f"{k}.ci_high", r["ci"][1]), (f"{k}.n", r["n"]),
+                                   (f"{k}.threshold", r["threshold"]),
+                                   (f"{k}.verdict", "held" if r["passed"] else "rejected")]
+    if problems:
+        lines = ["pre-registration check failed (--interp-require-registered):"]
+        for r, diff in problems:
+            if r["registry"] == "unregistered":
+                lines.append(f"  {_registry.claim_key(r)}: not in the registry {options.registry}")
+            else:
+                lines.append(f"  {_registry.claim_key(r)}: changed since registration:")
+                lines += [f"    - {d}" for d in diff]
+        lines.append("  fix: if the change is intended, re-register with `pytest --interp-register` and commit "
+                     "the registry (its diff shows the change to reviewers)")
+        report.outcome = "failed"
+        report.longrepr = "\n".join(lines)
     return report
 
 
-class ClaimsReport:
-    """Collects claim records from test reports (on the controller under xdist) and prints the summary."""
+def _code_hash(item: pytest.Item) -> str:
+    """sha256 of the test function's source (a changed test body changes the hypothesis)."""
+    import hashlib
+    import inspect
 
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.records: list[dict[str, Any]] = []
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
-            return
-        for key, value in report.user_properties:
-            if key == _CLAIM_KEY:
-                r = json.loads(value)
-                r["test"] = report.nodeid
-                r["outcome"] = "xfailed" if hasattr(report, "wasxfail") else report.outcome
-                self.records.append(r)
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.records:
-            return
-        tr = terminalreporter
-        tr.section("interpretability claims")
-        rows = []
-        for r in sorted(self.records, key=lambda r: (r["test"], r["claim"])):
-            verdict = ("held" if r["passed"] else "REJECTED") + (" (xfail)" if r["outcome"] == "xfailed" else "")
-            lvl = round(100 * (1 - r["alpha"]), 2)
-            rows.append((verdict, r["test"], r["claim"], f"{_fmt(r['effect'])}",
-                         f"[{_fmt(r['ci'][0])}, {_fmt(r['ci'][1])}]", r["threshold"], str(r["n"])))
-        lvl = round(100 * (1 - self.records[0]["alpha"]), 2)
-        head = ("verdict", "test", "claim", "effect", f"{lvl:g}% CI", "threshold", "n")
-        widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-        for row in [head, *rows]:
-            tr.write_line("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-        n_bad = sum(not r["passed"] for r in self.records)
-        tr.write_line(f"{len(self.records)} claims: {len(self.records) - n_bad} held, {n_bad} rejected; "
-                      f"alpha={self.records[0]['alpha']} seed={self.records[0]['seed']}. A claim holds only when "
-                      "its confidence interval clears the threshold.")
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}"
+    fn = getattr(item, "function", None)
+    try:
+        src = inspect.getsource(fn) if fn is not None else item.nodeid
+    except (OSError, TypeError):
+        src = item.nodeid
+    return hashlib.sha256(src.encode()).hexdigest()

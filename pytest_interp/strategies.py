@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from hypothesis import strategies as st
 
 from ._data import RepeatedTokens, from_segments
@@ -37,14 +38,35 @@ def repeated_sequence(draw: Any, vocab_size: int, *, length: int, segment: tuple
 
 def repeated_batches(vocab_size: int, *, length: int, n: int = 32, segment: tuple[int, int] = (4, 20),
                      bos: int | None = 0, low: int = 1) -> st.SearchStrategy[RepeatedTokens]:
-    """Batches of ``n`` repeated-segment sequences (a :class:`pytest_interp.RepeatedTokens`), for ``@given``."""
-    one = repeated_sequence(vocab_size, length=length, segment=segment, bos=bos, low=low)
+    """Batches of ``n`` repeated-segment sequences (a :class:`pytest_interp.RepeatedTokens`), for ``@given``.
 
-    def build(items: list[tuple[list[int], int, int, int]]) -> RepeatedTokens:
-        return from_segments([t for t, *_ in items], [p for _, p, _, _ in items], [q for _, _, q, _ in items],
-                             [s for *_, s in items])
+    Hypothesis draws each sequence's segment length and placement, and one seed for the random tokens, so an
+    example stays small and a failing one shrinks towards short segments at early offsets.
+    """
+    head = 0 if bos is None else 1
+    lo, hi = segment
+    hi = min(hi, (length - head) // 2)
 
-    return st.lists(one, min_size=n, max_size=n).map(build)
+    @st.composite
+    def placement(draw: Any) -> tuple[int, int, int]:
+        s = draw(st.integers(min(lo, hi), hi))
+        p = draw(st.integers(head, length - 2 * s))
+        q = draw(st.integers(p + s, length - s))
+        return p, q, s
+
+    def build(args: tuple[int, list[tuple[int, int, int]]]) -> RepeatedTokens:
+        seed, places = args
+        rng = np.random.default_rng(seed)
+        seqs = []
+        for p, q, s in places:
+            toks = rng.integers(low, vocab_size, size=length).tolist()
+            if bos is not None:
+                toks[0] = bos
+            toks[q:q + s] = toks[p:p + s]
+            seqs.append(toks)
+        return from_segments(seqs, [p for p, _, _ in places], [q for _, q, _ in places], [s for *_, s in places])
+
+    return st.tuples(st.integers(0, 2**32 - 1), st.lists(placement(), min_size=n, max_size=n)).map(build)
 
 
 def templated_prompts(template: str, **fillers: list[str]) -> st.SearchStrategy[str]:
