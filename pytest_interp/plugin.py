@@ -215,11 +215,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if options.require_registered and r["registry"] != "registered" and r["index"] == len(distinct) - 1:
                 problems.append((r, diff))
         k = f"interp[{r['index']}]"
-        report.user_properties += [(CLAIM_PROPERTY, json.dumps(r, sort_keys=True, default=str)),
-                                   (f"{k}.claim", r["claim"]), (f"{k}.effect", r["effect"]),
-                                   (f"{k}.ci_low", r["ci"][0]), (f"{k}.ci_high", r["ci"][1]), (f"{k}.n", r["n"]),
-                                   (f"{k}.threshold", r["threshold"]),
-                                   (f"{k}.verdict", "held" if r["passed"] else "rejected")]
+        props = [(CLAIM_PROPERTY, json.dumps(r, sort_keys=True, default=str)), (f"{k}.claim", r["claim"]),
+                 (f"{k}.effect", r["effect"]), (f"{k}.ci_low", r["ci"][0]), (f"{k}.ci_high", r["ci"][1]),
+                 (f"{k}.n", r["n"]), (f"{k}.threshold", r["threshold"]),
+                 (f"{k}.verdict", "held" if r["passed"] else "rejected")]
+        report.user_properties += props
+        item.user_properties += props[1:]  # JUnit XML writes the properties of the teardown report
     if problems:
         lines = ["pre-registration check failed (--interp-require-registered):"]
         for r, diff in problems:

@@ -1,0 +1,217 @@
+"""CI gating: JSON/HTML reports, JUnit properties, the pre-registration registry, baselines and drift gates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCHEMA = Path(__file__).resolve().parents[2] / "pytest_interp" / "report.schema.json"
+
+
+def run(project, *args, xdist=False, subprocess=False):
+    extra = ["-n", "2"] if xdist else []
+    if xdist or subprocess:
+        return project.runpytest_subprocess("-p", "no:cacheprovider", *extra, *args)
+    return project.runpytest(*args)
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist"])
+def test_json_report_validates_against_its_schema(claims_project, xdist):
+    jsonschema = pytest.importorskip("jsonschema")
+    out = claims_project.path / "report.json"
+    result = run(claims_project, f"--interp-json={out}", xdist=xdist)
+    result.assert_outcomes(passed=2, failed=1)
+    report = json.loads(out.read_text())
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    assert report["summary"] == {"claims": 3, "held": 2, "rejected": 1}
+    claim = next(c for c in report["claims"] if c["test"].endswith("test_false_claim"))
+    assert claim["passed"] is False and claim["outcome"] == "failed" and claim["sites"] == ["resid 0"]
+    model = report["models"][claim["model"]]
+    assert model["architecture"] == "llama" and model["layers"] == 2 and model["heads"] == 4
+    assert report["controls"]["alpha"] == 0.05 and report["controls"]["versions"]["torch"]
+
+
+def test_json_report_same_serial_and_xdist(claims_project):
+    a, b = claims_project.path / "a.json", claims_project.path / "b.json"
+    run(claims_project, f"--interp-json={a}")
+    run(claims_project, f"--interp-json={b}", xdist=True)
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    strip = lambda r: [{k: v for k, v in c.items() if k != "outcome"} for c in r["claims"]]  # noqa: E731
+    assert strip(ra) == strip(rb) and ra["summary"] == rb["summary"]
+
+
+def test_junit_xml_carries_effects(claims_project):
+    xml = claims_project.path / "junit.xml"
+    run(claims_project, f"--junitxml={xml}")
+    text = xml.read_text()
+    for prop in ['name="interp[0].effect"', 'name="interp[0].ci_low"', 'name="interp[0].verdict" value="rejected"',
+                 'name="interp[0].threshold"']:
+        assert prop in text, prop
+
+
+def test_registry_flow(claims_project):
+    p = claims_project
+    registry = p.path / "interp-registry.json"
+    run(p, "--interp-register").stdout.fnmatch_lines(["registry *: 3 added, 0 re-registered, 0 other entries kept*"])
+    data = json.loads(registry.read_text())
+    assert data["schema"] == "pytest-interp/registry" and data["version"] == 1
+    assert list(data["claims"]) == sorted(data["claims"]) and len(data["claims"]) == 3
+    entry = data["claims"]["test_claims.py::test_final_stream_is_necessary#0"]
+    for field in ["claim", "sites", "intervention", "metric", "threshold", "alpha", "code_hash", "registered_at"]:
+        assert entry[field] is not None, field
+    registered_at = entry["registered_at"]
+
+    # CI mode passes while nothing changed
+    ok = run(p, "--interp-require-registered")
+    ok.assert_outcomes(passed=2, failed=1)
+    ok.stdout.fnmatch_lines(["*held*registered*"])
+
+    # edit a threshold: CI mode fails and says what changed
+    src = (p.path / "test_claims.py").read_text()
+    (p.path / "test_claims.py").write_text(src.replace("at_least=1e-6", "at_least=2e-6"))
+    bad = run(p, "--interp-require-registered")
+    bad.assert_outcomes(passed=1, failed=2)
+    bad.stdout.fnmatch_lines(["*pre-registration check failed*",
+                              "*test_final_stream_is_necessary#0: changed since registration:*",
+                              "*threshold: registered 'damage >= 1e-06', now 'damage >= 2e-06'*",
+                              "*the test's code changed*", "*re-register with*"])
+    # a new, unregistered claim fails too
+    p.makepyfile(test_new="import pytest_interp as pi, torch\n"
+                 "def test_new(subject):\n"
+                 "    pi.assert_not_necessary(subject, pi.resid(1).at(-1), inputs=torch.ones(4, 5, dtype=torch.long),"
+                 " metric=pi.metrics.loss(), within=0.1, how=pi.Zero())\n")
+    run(p, "--interp-require-registered", "test_new.py").stdout.fnmatch_lines(["*not in the registry*"])
+
+    # re-register the edited file only: the other entries are kept, unchanged ones keep their time
+    again = run(p, "--interp-register", "test_claims.py")
+    again.stdout.fnmatch_lines(["registry *: 0 added, 1 re-registered, 0 other entries kept*"])
+    data = json.loads(registry.read_text())
+    assert len(data["claims"]) == 3
+    assert data["claims"]["test_claims.py::test_final_stream_is_necessary#0"]["previous"]["threshold"] == \
+        "damage >= 1e-06"
+    assert data["claims"]["test_claims.py::test_false_claim#0"]["registered_at"] == registered_at
+    run(p, "--interp-require-registered", "test_claims.py").assert_outcomes(passed=2, failed=1)
+
+
+def test_register_under_xdist_writes_once_from_the_controller(claims_project):
+    result = run(claims_project, "--interp-register", xdist=True)
+    result.stdout.fnmatch_lines(["registry *: 3 added*"])
+    assert len(json.loads((claims_project.path / "interp-registry.json").read_text())["claims"]) == 3
+    leftovers = [f for f in os.listdir(claims_project.path) if f.endswith(".tmp")]
+    assert not leftovers
+
+
+def test_require_registered_without_a_registry_is_a_usage_error(claims_project):
+    result = run(claims_project, "--interp-require-registered")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "no registry at" in result.stderr.str()
+
+
+FIXTURE_CLAIMS = """
+import pytest_interp as pi
+
+def test_layer_1_is_necessary(subject):
+    data = pi.repeated_tokens(subject, n=32, seed=0, layout="halves")
+    pi.assert_necessary(subject, pi.attn(1), inputs=data.tokens, metric=pi.metrics.loss(mask=data.second_half),
+                        at_least=1.0)
+
+def test_head_0_2_is_not_necessary(subject):
+    data = pi.repeated_tokens(subject, n=32, seed=0, layout="halves")
+    pi.assert_not_necessary(subject, pi.head(0, 2), inputs=data.tokens,
+                            metric=pi.metrics.loss(mask=data.second_half), within=0.2)
+"""
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist"])
+def test_baseline_drift_gate_on_a_perturbed_fixture_model(pytester, tmp_path, xdist):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.helpers import INDUCTION
+
+    p = pytester
+    p.makeini(f"[pytest]\ninterp_model = {INDUCTION}\ninterp_n_boot = 500\ninterp_n_perm = 500\n")
+    p.makepyfile(test_fixture_claims=FIXTURE_CLAIMS)
+    run(p, "--interp-save-baseline=v1", xdist=xdist, subprocess=True).stdout.fnmatch_lines(["saved baseline 'v1' (2 claims)*"])
+    assert (p.path / ".interp" / "baselines" / "v1.json").exists()
+    same = run(p, "--interp-compare=v1", "--interp-fail-drift=abs=1e-6", xdist=xdist, subprocess=True)
+    assert same.ret == pytest.ExitCode.OK and "drifted beyond tolerance" not in same.stdout.str()
+    # a new release whose layer-1 attention weights moved
+    release = tmp_path / "release"
+    shutil.copytree(INDUCTION, release)
+    weights = load_file(release / "model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    for name, w in weights.items():
+        if "layers.1.self_attn.q_proj" in name:
+            weights[name] = w + torch.randn(w.shape, generator=g) * w.std() * 1.5
+    save_file(weights, release / "model.safetensors", metadata={"format": "pt"})
+    drifted = run(p, f"--interp-model={release}", "--interp-compare=v1", "--interp-fail-drift=rel=10%",
+                  xdist=xdist, subprocess=True)
+    assert drifted.ret == pytest.ExitCode.TESTS_FAILED
+    drifted.stdout.fnmatch_lines(["drift from baseline 'v1' (tolerance abs=0, rel=10%):",
+                                  "*!!*test_layer_1_is_necessary#0*", "*drifted beyond tolerance*",
+                                  "next: inspect the drifted claims*"])
+    # without the gate the same drift is shown but does not fail the run
+    shown = run(p, f"--interp-model={release}", "--interp-compare=v1", "-k", "layer_1", xdist=xdist,
+                subprocess=True)
+    assert shown.ret == pytest.ExitCode.OK
+    shown.stdout.fnmatch_lines(["drift from baseline 'v1':", "*test_layer_1_is_necessary#0*compared*"])
+
+
+def test_saving_over_a_baseline_is_refused_then_kept_aside(claims_project):
+    p = claims_project
+    run(p, "--interp-save-baseline=v1")
+    refused = run(p, "--interp-save-baseline=v1")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR and "exists" in refused.stderr.str()
+    run(p, "--interp-save-baseline=v1", "--interp-replace-baseline").stdout.fnmatch_lines(
+        ["previous baseline kept as *v1.*.json"])
+    assert len(list((p.path / ".interp" / "baselines").glob("v1*.json"))) == 2
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--interp-fail-drift=abs=0.1"], "needs --interp-compare"),
+    (["--interp-compare=nope"], "no baseline at"),
+    (["--interp-compare=v1", "--interp-fail-drift=sideways=3"], "unknown tolerance"),
+    (["--interp-save-baseline=../etc"], "is not valid"),
+    (["--interp-register", "--interp-require-registered"], "exclude each other"),
+])
+def test_bad_gating_options_are_usage_errors(claims_project, args, words):
+    result = run(claims_project, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert words in result.stderr.str() and "Traceback" not in result.stderr.str()
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("CI must install Debian's chromium (see .ci/run) to check the HTML report renders")
+    pytest.skip("chromium is not installed")
+
+
+def test_html_report_renders_in_headless_chromium(claims_project, tmp_path):
+    browser = _chromium()
+    html = tmp_path / "report.html"
+    run(claims_project, f"--interp-html={html}")
+    text = html.read_text()
+    assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert dom.count('<tr class="claim">') == 3
+    assert dom.count("<svg") >= 3 and "<circle" in dom
+    assert "3 claims: 2 held, 1 rejected" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,900", html.as_uri()],
+                   capture_output=True, timeout=120)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a rendered page, not a blank one
