@@ -122,9 +122,21 @@ def test_intervention_that_does_not_fire(tokens):
     model = tiny_model("llama")
     model.model.layers[0].unused = torch.nn.Linear(32, 32)
     bad = pi.Adapter("llama-misrouted", layers="model.layers", attn_out="self_attn.o_proj", mlp="unused")
-    pi.register_adapter(type("P", (), {"pytest_interp_adapter": staticmethod(
-        lambda model: bad if hasattr(model.model.layers[0], "unused") else None)})())
-    s = pi.load(model)
+
+    class Misrouted:
+        @staticmethod
+        def pytest_interp_adapter(model):
+            return bad if model is target else None
+
+    target = model
+    plugin = Misrouted()
+    pi.register_adapter(plugin)
+    try:
+        s = pi.load(model)
+    finally:
+        from pytest_interp import _adapters
+
+        _adapters._pm.unregister(plugin)
     assert s.adapter.name == "llama-misrouted"
     with pytest.raises(pi.InterventionNoOpError) as err:
         pi.ablate(s, pi.mlp(0), inputs=tokens, metric=LOSS, how=pi.Zero())
