@@ -24,6 +24,7 @@ _LAZY = {
     "Resample": "_interventions",
     "Settings": "_settings",
     "Subject": "_subject",
+    "Sweep": "_sweeps",
     "Zero": "_interventions",
     "ablate": "_experiments",
     "assert_induction_head": "_claims",
@@ -37,6 +38,8 @@ _LAZY = {
     "register_adapter": "_adapters",
     "repeated_tokens": "_data",
     "settings": "_settings",
+    "sweep": "_sweeps",
+    "patch_sweep": "_sweeps",
 }
 _SUBMODULES = {"metrics", "strategies"}
 
@@ -55,6 +58,7 @@ __all__ = [
     "Settings",
     "Site",
     "Subject",
+    "Sweep",
     "Zero",
     "ablate",
     "assert_induction_head",
@@ -70,11 +74,13 @@ __all__ = [
     "metrics",
     "mlp",
     "patch",
+    "patch_sweep",
     "register_adapter",
     "repeated_tokens",
     "resid",
     "router",
     "settings",
+    "sweep",
 ]
 
 
@@ -105,3 +111,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from ._settings import Settings, configure, settings
     from ._stats import Effect
     from ._subject import Subject, load
+    from ._sweeps import Sweep, patch_sweep, sweep

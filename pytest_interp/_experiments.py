@@ -64,10 +64,15 @@ def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: M
         check_site(subject, s, tokens)
     score = metric.bind(subject, tokens)
     clean = run(subject, tokens, [], score)
+    return ablate_prepared(subject, sites_t, tokens, metric, score, clean, how, _stat_args(alpha, seed))
+
+
+def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.Tensor, metric: Metric,
+                    score: Any, clean: torch.Tensor, how: Intervention, st: dict[str, Any]) -> Effect:
+    """:func:`ablate` after validation and the clean run (shared by sweeps)."""
     edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in sites_t]
     hit = run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
     values = clean - hit if metric.higher_is_better else hit - clean
-    st = _stat_args(alpha, seed)
     return mean_effect(_to_np(values), sites=sites_t, method="ablate", intervention=how.describe(),
                        metric=metric.name, higher_is_better=metric.higher_is_better,
                        details={"clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean())},
@@ -86,47 +91,66 @@ def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: An
     examples and recomputes the ratio.
     """
     subject, metric = _subject(subject), _metric(metric)
-    if into not in ("corrupt", "clean"):
-        raise InterpError("into= must be 'corrupt' or 'clean'", expected="'corrupt' (clean activations into "
-                          "the corrupt run) or 'clean' (corrupt activations into the clean run)", seen=repr(into),
-                          fix="pick one of the two directions")
-    if metric.needs_clean:
-        raise InterpError(f"metric {metric.name} cannot score patching", expected="a metric of the run alone "
-                          "(logprob, logit_diff, loss, accuracy, or your own)", seen=metric.name,
-                          fix="use pi.metrics.logit_diff(answer, wrong) or logprob(answer)")
     sites_t = as_sites(sites)
-    tc = subject.tokens(clean, name="clean")
-    tk = subject.tokens(corrupt, name="corrupt")
-    if tc.shape != tk.shape:
-        raise InterpError("clean and corrupt inputs have different shapes",
-                          expected="the same [batch, seq] (aligned token for token)",
-                          seen=f"clean {tuple(tc.shape)}, corrupt {tuple(tk.shape)}",
-                          fix="pad or choose prompts so the two batches tokenise to equal shapes")
+    prep = prepare_patch(subject, clean, corrupt, metric, into)
     for s in sites_t:
-        check_site(subject, s, tc)
-    sign = 1.0 if metric.higher_is_better else -1.0
-    score_c, score_k = metric.bind(subject, tc), metric.bind(subject, tk)
-    k = _to_np(run(subject, tc, [], score_c)) * sign
-    c = _to_np(run(subject, tk, [], score_k)) * sign
-    gap = float(k.mean() - c.mean())
-    scale = max(abs(float(k.mean())), abs(float(c.mean())), 1e-6)
-    if not abs(gap) > 1e-6 * scale:
-        raise InterpError(f"clean and corrupt inputs give the same {metric.name}",
-                          expected="a clean-corrupt gap to restore", seen=f"mean clean {k.mean():.6g}, "
-                          f"mean corrupt {c.mean():.6g}", fix="corrupt the inputs in a way that changes the behaviour")
-    if gap < 0:
-        raise InterpError(f"the corrupt inputs score better than the clean ones on {metric.name}",
-                          expected="clean better than corrupt", seen=f"mean clean {sign * k.mean():.6g}, "
-                          f"mean corrupt {sign * c.mean():.6g}", fix="swap clean= and corrupt=, or check the metric")
-    if into == "corrupt":
-        target, src, score, label = tk, tc, score_k, "patch clean -> corrupt"
-    else:
-        target, src, score, label = tc, tk, score_c, "patch corrupt -> clean"
-    how = Patch(source=src, label=label)
-    edits = [Edit(s, how.prepare(subject, s, target), False, label) for s in sites_t]
-    p = _to_np(run(subject, target, edits, score)) * sign
-    st = _stat_args(alpha, seed)
-    if into == "corrupt":
+        check_site(subject, s, prep.target)
+    return patch_prepared(subject, sites_t, prep, _stat_args(alpha, seed))
+
+
+class PreparedPatch:
+    """Validated clean/corrupt batches with their metric scores (shared by patching sweeps)."""
+
+    def __init__(self, subject: Subject, clean: Any, corrupt: Any, metric: Metric, into: str) -> None:
+        if into not in ("corrupt", "clean"):
+            raise InterpError("into= must be 'corrupt' or 'clean'", expected="'corrupt' (clean activations into "
+                              "the corrupt run) or 'clean' (corrupt activations into the clean run)",
+                              seen=repr(into), fix="pick one of the two directions")
+        if metric.needs_clean:
+            raise InterpError(f"metric {metric.name} cannot score patching", expected="a metric of the run alone "
+                              "(logprob, logit_diff, loss, accuracy, or your own)", seen=metric.name,
+                              fix="use pi.metrics.logit_diff(answer, wrong) or logprob(answer)")
+        tc = subject.tokens(clean, name="clean")
+        tk = subject.tokens(corrupt, name="corrupt")
+        if tc.shape != tk.shape:
+            raise InterpError("clean and corrupt inputs have different shapes",
+                              expected="the same [batch, seq] (aligned token for token)",
+                              seen=f"clean {tuple(tc.shape)}, corrupt {tuple(tk.shape)}",
+                              fix="pad or choose prompts so the two batches tokenise to equal shapes")
+        self.metric, self.into = metric, into
+        self.sign = sign = 1.0 if metric.higher_is_better else -1.0
+        score_c, score_k = metric.bind(subject, tc), metric.bind(subject, tk)
+        self.k = k = _to_np(run(subject, tc, [], score_c)) * sign
+        self.c = c = _to_np(run(subject, tk, [], score_k)) * sign
+        self.gap = gap = float(k.mean() - c.mean())
+        scale = max(abs(float(k.mean())), abs(float(c.mean())), 1e-6)
+        if not abs(gap) > 1e-6 * scale:
+            raise InterpError(f"clean and corrupt inputs give the same {metric.name}",
+                              expected="a clean-corrupt gap to restore", seen=f"mean clean {k.mean():.6g}, "
+                              f"mean corrupt {c.mean():.6g}",
+                              fix="corrupt the inputs in a way that changes the behaviour")
+        if gap < 0:
+            raise InterpError(f"the corrupt inputs score better than the clean ones on {metric.name}",
+                              expected="clean better than corrupt", seen=f"mean clean {sign * k.mean():.6g}, "
+                              f"mean corrupt {sign * c.mean():.6g}",
+                              fix="swap clean= and corrupt=, or check the metric")
+        if into == "corrupt":
+            self.target, self.source, self.score, self.label = tk, tc, score_k, "patch clean -> corrupt"
+        else:
+            self.target, self.source, self.score, self.label = tc, tk, score_c, "patch corrupt -> clean"
+
+
+def prepare_patch(subject: Subject, clean: Any, corrupt: Any, metric: Metric, into: str) -> PreparedPatch:
+    return PreparedPatch(subject, clean, corrupt, metric, into)
+
+
+def patch_prepared(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPatch, st: dict[str, Any]) -> Effect:
+    """:func:`patch` after validation and the clean/corrupt runs (shared by sweeps)."""
+    how = Patch(source=prep.source, label=prep.label)
+    edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label) for s in sites_t]
+    p = _to_np(run(subject, prep.target, edits, prep.score)) * prep.sign
+    c, k, gap, sign = prep.c, prep.k, prep.gap, prep.sign
+    if prep.into == "corrupt":
         diff, ratio = p - c, (lambda P, C, K: (P - C) / (K - C))
         mean = float((p.mean() - c.mean()) / gap)
     else:
@@ -134,9 +158,8 @@ def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: An
         mean = float((k.mean() - p.mean()) / gap)
     ci = bootstrap_ci((p, c, k), ratio, alpha=st["alpha"], n_boot=st["n_boot"], seed=st["seed"])
     return Effect(mean=mean, ci=ci, n=int(p.size), p_value=sign_flip_p(diff, n_perm=st["n_perm"], seed=st["seed"]),
-                  values=diff / gap, sites=sites_t, method="patch", intervention=label, metric=metric.name,
-                  higher_is_better=metric.higher_is_better, seed=st["seed"], alpha=st["alpha"],
-                  n_boot=st["n_boot"], model=subject.identity(),
+                  values=diff / gap, sites=sites_t, method="patch", intervention=prep.label,
+                  metric=prep.metric.name, higher_is_better=prep.metric.higher_is_better, seed=st["seed"],
+                  alpha=st["alpha"], n_boot=st["n_boot"], model=subject.identity(),
                   details={"clean_mean": sign * float(k.mean()), "corrupt_mean": sign * float(c.mean()),
                            "patched_mean": sign * float(p.mean())})
-

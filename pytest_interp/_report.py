@@ -23,7 +23,8 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def build(records: list[dict[str, Any]], controls: dict[str, Any], drift: list[dict[str, Any]] | None) -> dict:
+def build(records: list[dict[str, Any]], controls: dict[str, Any], drift: list[dict[str, Any]] | None,
+          grids: list[dict[str, Any]] | None = None) -> dict:
     """The JSON report (schema ``pytest-interp/report`` version 1)."""
     models: dict[str, Any] = {}
     claims = []
@@ -41,7 +42,7 @@ def build(records: list[dict[str, Any]], controls: dict[str, Any], drift: list[d
         summary["drift_exceeded"] = sum(row["exceeded"] for row in drift)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     return {"schema": SCHEMA, "version": VERSION, "created": created, "controls": controls, "models": models,
-            "claims": claims, "summary": summary}
+            "claims": claims, "grids": list(grids or []), "summary": summary}
 
 
 def fmt(x: float | None) -> str:
@@ -110,7 +111,7 @@ def effect_svg(r: dict[str, Any], width: int = 260, height: int = 34) -> str:
 
 def heatmap_svg(values: list[list[float | None]], rows: list[str], cols: list[str], title: str) -> str:
     """A heatmap (white = 0, red = positive, blue = negative) with labelled rows and columns."""
-    cell, left, top = 22, 70, 40
+    cell, left, top = 44, 50, 30
     flat = [abs(v) for row in values for v in row if v is not None]
     scale = max(flat) if flat else 1.0
     w, h = left + cell * len(cols) + 10, top + cell * len(rows) + 10
@@ -132,11 +133,14 @@ def heatmap_svg(values: list[list[float | None]], rows: list[str], cols: list[st
             tip = "n/a" if v is None else f"{v:.3g}"
             out.append(f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell - 1}" height="{cell - 1}" '
                        f'fill="{fill}"><title>{html.escape(rlab)} x {html.escape(cols[j])}: {tip}</title></rect>')
+            if v is not None and len(cols) <= 24:
+                out.append(f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell * 0.6}" '
+                           f'font-size="10" text-anchor="middle">{v:.2g}</text>')
     out.append("</svg>")
     return "".join(out)
 
 
-def render_html(report: dict[str, Any], grids: list[dict[str, Any]]) -> str:
+def render_html(report: dict[str, Any]) -> str:
     """A single self-contained HTML page of the report: summary, claims table with effect bars, heatmaps."""
     e = html.escape
     s = report["summary"]
@@ -146,19 +150,20 @@ def render_html(report: dict[str, Any], grids: list[dict[str, Any]]) -> str:
     for r in report["claims"]:
         cls = "held" if r["passed"] else "rejected"
         verdict = ("held" if r["passed"] else "rejected") + (" (xfail)" if r["outcome"] == "xfailed" else "")
+        test = r["test"]
         rows.append(
-            f'<tr class="claim"><td class="{cls}">{verdict}</td><td class="mono">{e(r["test"])}</td>'
-            f'<td>{e(r["claim"])}</td><td>{e(", ".join(r["sites"]))}</td><td>{e(r["intervention"])}</td>'
-            f'<td>{e(r["metric"])}</td><td>{fmt(r["effect"])}</td><td>[{fmt(r["ci"][0])}, {fmt(r["ci"][1])}]</td>'
-            f'<td>{e(r["threshold"])}</td><td>{r["n"]}</td><td>{e(r["registry"])}</td>'
-            f'<td>{effect_svg(r)}</td></tr>')
+            f'<tr class="claim"><td class="{cls}">{verdict}</td>'
+            f'<td>{e(r["claim"])}<br><span class="mono small" title="{e(test)}">{e(test.split("/")[-1])}</span></td>'
+            f'<td>{effect_svg(r)}</td><td>{fmt(r["effect"])}</td><td>[{fmt(r["ci"][0])}, {fmt(r["ci"][1])}]</td>'
+            f'<td>{e(r["threshold"])}</td><td>{r["n"]}</td><td>{e(r["intervention"])}</td><td>{e(r["metric"])}</td>'
+            f'<td>{e(r["registry"])}</td></tr>')
     models = "".join(
         f'<tr><td class="mono">{e(fp[:16])}</td><td>{e(m.get("name") or "")}</td><td>{e(m["architecture"])}</td>'
         f'<td>{m["layers"]}</td><td>{m["heads"]}</td><td>{m.get("experts") or "-"}</td>'
         f'<td>{m["vocab_size"]}</td><td>{e(m["dtype"])}</td><td>{e(m["attn_implementation"])}</td></tr>'
         for fp, m in report["models"].items())
     maps = "".join(f'<h2>{e(g["title"])}</h2>' + heatmap_svg(g["values"], g["rows"], g["cols"], g["title"])
-                   for g in grids)
+                   for g in report["grids"])
     versions_ = ", ".join(f"{k} {v}" for k, v in c["versions"].items() if v)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pytest-interp claims report</title>
@@ -167,8 +172,8 @@ def render_html(report: dict[str, Any], grids: list[dict[str, Any]]) -> str:
 <p id="summary">{s["claims"]} claims: {s["held"]} held, {s["rejected"]} rejected. alpha={c["alpha"]} ({lvl:g}% CIs),
 seed={c["seed"]}, {c["n_boot"]} bootstrap resamples. A claim holds only when its confidence interval clears its
 threshold (dashed line; grey line: zero).</p>
-<table id="claims"><thead><tr><th>verdict</th><th>test</th><th>claim</th><th>sites</th><th>intervention</th>
-<th>metric</th><th>effect</th><th>{lvl:g}% CI</th><th>threshold</th><th>n</th><th>registry</th><th>effect and CI</th>
+<table id="claims"><thead><tr><th>verdict</th><th>claim / test</th><th>effect and {lvl:g}% CI</th><th>effect</th>
+<th>{lvl:g}% CI</th><th>threshold</th><th>n</th><th>intervention</th><th>metric</th><th>registry</th>
 </tr></thead><tbody>{"".join(rows)}</tbody></table>
 <h2>Models</h2>
 <table id="models"><thead><tr><th>fingerprint</th><th>name</th><th>architecture</th><th>layers</th><th>heads</th>

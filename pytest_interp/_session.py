@@ -15,6 +15,7 @@ from . import _baselines, _registry, _report
 from ._files import dumps, write_atomic
 
 CLAIM_PROPERTY = "interp_claim"
+GRID_PROPERTY = "interp_grid"
 
 
 class Options:
@@ -93,10 +94,9 @@ class ClaimsSession:
                 r = json.loads(value)
                 r["outcome"] = ("xfailed" if report.skipped else "xpassed") if hasattr(report, "wasxfail") \
                     else report.outcome
-                grid = r.pop("grid", None)
-                if grid:
-                    self.grids.append(grid)
                 self.records.append(r)
+            elif key == GRID_PROPERTY:
+                self.grids.append(json.loads(value))
 
     def _unique(self) -> list[dict[str, Any]]:
         """One record per claim key (hypothesis examples of one claim: the first)."""
@@ -128,13 +128,13 @@ class ClaimsSession:
                 self.notes.append(f"previous baseline kept as {kept}")
             _baselines.save(path, unique, self.controls)
             self.notes.append(f"saved baseline '{o.save_baseline}' ({len(unique)} claims) to {path}")
-        if (o.json or o.html) and self.records:
-            report = _report.build(self.records, self.controls, self.drift)
+        if (o.json or o.html) and (self.records or self.grids):
+            report = _report.build(self.records, self.controls, self.drift, self.grids)
             if o.json:
                 write_atomic(Path(o.json), dumps(report))
                 self.notes.append(f"JSON report: {o.json}")
             if o.html:
-                write_atomic(Path(o.html), _report.render_html(report, self.grids))
+                write_atomic(Path(o.html), _report.render_html(report))
                 self.notes.append(f"HTML report: {o.html}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

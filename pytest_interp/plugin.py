@@ -195,9 +195,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if call.when != "call":
         return report
     from . import _records, _registry
-    from ._session import CLAIM_PROPERTY
+    from ._session import CLAIM_PROPERTY, GRID_PROPERTY
 
     records = _records.drain()
+    for grid in _records.drain_grids():
+        grid["test"] = item.nodeid
+        report.user_properties.append((GRID_PROPERTY, json.dumps(grid, sort_keys=True)))
     if not records:
         return report
     code_hash = _code_hash(item)

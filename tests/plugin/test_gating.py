@@ -199,7 +199,13 @@ def _chromium():
 def test_html_report_renders_in_headless_chromium(claims_project, tmp_path):
     browser = _chromium()
     html = tmp_path / "report.html"
-    run(claims_project, f"--interp-html={html}")
+    claims_project.makepyfile(test_sweep="""
+import torch, pytest_interp as pi
+def test_sweep(subject):
+    sw = pi.sweep(subject, inputs=torch.ones(4, 6, dtype=torch.long) * 3, metric=pi.metrics.kl(), how=pi.Zero())
+    assert len(sw) == 8
+""")
+    run(claims_project, f"--interp-html={html}").assert_outcomes(passed=3, failed=1)
     text = html.read_text()
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -208,7 +214,8 @@ def test_html_report_renders_in_headless_chromium(claims_project, tmp_path):
     dom = subprocess.run([browser, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert dom.count('<tr class="claim">') == 3
-    assert dom.count("<svg") >= 3 and "<circle" in dom
+    assert dom.count("<svg") >= 4 and "<circle" in dom
+    assert "ablation sweep: zero-ablate, damage to kl" in dom and dom.count("<rect") == 8  # the 2 x 4 heatmap
     assert "3 claims: 2 held, 1 rejected" in dom
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,900", html.as_uri()],

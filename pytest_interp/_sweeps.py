@@ -1,0 +1,134 @@
+"""Sweeps: the same experiment at many sites, as a mapping site -> Effect that ranks and converts to a grid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from . import _records
+from ._errors import InterpError
+from ._experiments import _metric, _stat_args, _subject, ablate_prepared, patch_prepared, prepare_patch
+from ._interventions import Intervention, Mean, check_how
+from ._metrics import Metric
+from ._runner import check_site, run
+from ._sites import Site, as_sites
+from ._stats import Effect
+
+
+class Sweep(Mapping[Site, Effect]):
+    """Effects of one experiment at many sites: ``sweep[site]`` is that site's Effect."""
+
+    def __init__(self, effects: dict[Site, Effect], title: str) -> None:
+        self._effects = effects
+        self.title = title
+
+    def __getitem__(self, site: Site) -> Effect:
+        try:
+            return self._effects[site]
+        except KeyError:
+            raise InterpError(f"{site} is not in this sweep", expected="one of the swept sites",
+                              seen=f"{len(self)} sites, e.g. {next(iter(self._effects), None)}",
+                              fix="index with a site the sweep covered") from None
+
+    def __iter__(self) -> Iterator[Site]:
+        return iter(self._effects)
+
+    def __len__(self) -> int:
+        return len(self._effects)
+
+    def ranked(self, *, by: str = "mean") -> list[tuple[Site, Effect]]:
+        """Sites from the largest effect down (``by="ci_low"`` ranks by the lower CI bound)."""
+        key = (lambda kv: kv[1].mean) if by == "mean" else (lambda kv: kv[1].ci[0])
+        return sorted(self._effects.items(), key=key, reverse=True)
+
+    def grid(self) -> tuple[np.ndarray, list[str], list[str]]:
+        """``(values, row labels, column labels)``: layer x head for head sites, layer x position for
+        position-restricted sites, layer x kind otherwise. Missing cells are NaN."""
+        sites = list(self._effects)
+        layers = sorted({s.layer for s in sites})
+        if all(s.kind == "head" for s in sites):
+            cols = sorted({s.index for s in sites})
+            col_of = {c: j for j, c in enumerate(cols)}
+            col_labels = [f"H{c}" for c in cols]
+            cell = lambda s: col_of[s.index]  # noqa: E731
+        elif all(isinstance(s.positions, int) for s in sites):
+            cols = sorted({s.positions for s in sites})
+            col_of = {c: j for j, c in enumerate(cols)}
+            col_labels = [str(c) for c in cols]
+            cell = lambda s: col_of[s.positions]  # noqa: E731
+        else:
+            kinds = sorted({str(s.unrestricted).split()[0] for s in sites})
+            col_of = {k: j for j, k in enumerate(kinds)}
+            col_labels = kinds
+            cell = lambda s: col_of[s.kind]  # noqa: E731
+        row_of = {lay: i for i, lay in enumerate(layers)}
+        values = np.full((len(layers), len(col_labels)), np.nan)
+        for s, e in self._effects.items():
+            values[row_of[s.layer], cell(s)] = e.mean
+        return values, [f"L{lay}" for lay in layers], col_labels
+
+    def to_numpy(self) -> np.ndarray:
+        """The grid's values (see :meth:`grid`)."""
+        return self.grid()[0]
+
+    def _record(self) -> None:
+        values, rows, cols = self.grid()
+        _records.add_grid({"title": self.title, "rows": rows, "cols": cols,
+                           "values": [[None if np.isnan(v) else float(v) for v in row] for row in values]})
+
+
+def all_heads(subject: Any) -> list[Site]:
+    """Every head of the subject: ``head(l, h)`` for all layers and heads."""
+    from ._sites import head
+
+    return [head(lay, h) for lay in range(subject.n_layers) for h in range(subject.n_heads)]
+
+
+def sweep(subject: Any, sites: Iterable[Site] | None = None, *, inputs: Any, metric: Metric,
+          how: Intervention | None = None, alpha: float | None = None, seed: int | None = None) -> Sweep:
+    """Ablate each site on its own (default: every head); ``result[site]`` equals ``pi.ablate`` at that site.
+
+    The clean run is shared by all sites. Inside a pytest session the sweep's grid is added to the HTML
+    report as a heatmap.
+    """
+    subject, metric = _subject(subject), _metric(metric)
+    how = check_how(Mean() if how is None else how)
+    sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
+    tokens = subject.tokens(inputs)
+    for s in sites_t:
+        check_site(subject, s, tokens)
+    score = metric.bind(subject, tokens)
+    clean = run(subject, tokens, [], score)
+    st = _stat_args(alpha, seed)
+    effects = {s: ablate_prepared(subject, (s,), tokens, metric, score, clean, how, st) for s in sites_t}
+    result = Sweep(effects, f"ablation sweep: {how.describe()}, damage to {metric.name}")
+    result._record()
+    return result
+
+
+def patch_sweep(subject: Any, *, clean: Any, corrupt: Any, metric: Metric, layers: Iterable[int] | None = None,
+                positions: Iterable[int] | None = None, kind: str = "resid", into: str = "corrupt",
+                alpha: float | None = None, seed: int | None = None) -> Sweep:
+    """Patch ``kind`` (``resid``, ``attn`` or ``mlp``) at each (layer, position); ``result[site]`` equals
+    ``pi.patch`` at that site. Defaults: every layer and every position."""
+    from ._sites import attn, mlp, resid
+
+    subject, metric = _subject(subject), _metric(metric)
+    make = {"resid": resid, "attn": attn, "mlp": mlp}.get(kind)
+    if make is None:
+        raise InterpError(f"patch_sweep kind {kind!r} is not supported", expected="'resid', 'attn' or 'mlp'",
+                          seen=repr(kind), fix="pick one of the three")
+    prep = prepare_patch(subject, clean, corrupt, metric, into)
+    seq = prep.target.shape[1]
+    layers_l = list(range(subject.n_layers)) if layers is None else list(layers)
+    positions_l = list(range(seq)) if positions is None else list(positions)
+    sites_t = as_sites([make(lay).at(p) for lay in layers_l for p in positions_l])
+    for s in sites_t:
+        check_site(subject, s, prep.target)
+    st = _stat_args(alpha, seed)
+    effects = {s: patch_prepared(subject, (s,), prep, st) for s in sites_t}
+    result = Sweep(effects, f"{kind} patching sweep ({prep.label}): restored fraction of {metric.name}")
+    result._record()
+    return result

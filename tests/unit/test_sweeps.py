@@ -1,0 +1,52 @@
+"""Sweeps give, site by site, exactly what the single-site experiments give."""
+
+import numpy as np
+import pytest
+import torch
+
+import pytest_interp as pi
+
+
+def test_ablation_sweep_equals_single_ablations(tiny_llama, tokens):
+    metric = pi.metrics.loss()
+    sw = pi.sweep(tiny_llama, inputs=tokens, metric=metric, how=pi.Zero())
+    assert len(sw) == 8 and set(sw) == {pi.head(l, h) for l in range(2) for h in range(4)}
+    for site in [pi.head(0, 0), pi.head(1, 3)]:
+        one = pi.ablate(tiny_llama, site, inputs=tokens, metric=metric, how=pi.Zero())
+        assert sw[site].mean == pytest.approx(one.mean, abs=1e-6)
+        assert sw[site].ci == pytest.approx(one.ci, abs=1e-6)
+        np.testing.assert_allclose(sw[site].values, one.values, atol=1e-6)
+    grid, rows, cols = sw.grid()
+    assert grid.shape == (2, 4) and rows == ["L0", "L1"] and cols == ["H0", "H1", "H2", "H3"]
+    assert grid[1, 3] == pytest.approx(sw[pi.head(1, 3)].mean)
+    ranked = sw.ranked()
+    assert [e.mean for _, e in ranked] == sorted((e.mean for e in sw.values()), reverse=True)
+
+
+def test_patch_sweep_equals_single_patches(tiny_llama, tokens):
+    corrupt = tokens.clone()
+    corrupt[:, 2] = (corrupt[:, 2] + 5) % 47 + 1
+    metric = pi.metrics.logprob(tokens[:, -1], position=-2)
+    try:
+        pi.patch(tiny_llama, pi.resid(0).at(2), clean=tokens, corrupt=corrupt, metric=metric)
+        clean, bad = tokens, corrupt
+    except pi.InterpError:
+        clean, bad = corrupt, tokens
+    sw = pi.patch_sweep(tiny_llama, clean=clean, corrupt=bad, metric=metric, positions=[1, 2, 3])
+    assert sw.to_numpy().shape == (2, 3)
+    for site in [pi.resid(0).at(2), pi.resid(1).at(3)]:
+        one = pi.patch(tiny_llama, site, clean=clean, corrupt=bad, metric=metric)
+        assert sw[site].mean == pytest.approx(one.mean, abs=1e-6)
+    # only the corrupted position carries the difference into layer 0
+    assert sw[pi.resid(0).at(2)].mean == pytest.approx(1.0, abs=1e-5)
+    assert sw[pi.resid(0).at(1)].mean == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sweep_rejects_unknown_sites(tiny_llama, tokens):
+    sw = pi.sweep(tiny_llama, [pi.mlp(0), pi.mlp(1)], inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero())
+    assert sw.grid()[2] == ["mlp"]
+    with pytest.raises(pi.InterpError, match="not in this sweep"):
+        sw[pi.mlp(5)]
+    with pytest.raises(pi.InterpError, match="kind"):
+        pi.patch_sweep(tiny_llama, clean=tokens, corrupt=torch.flip(tokens, [0]), metric=pi.metrics.loss(),
+                       kind="heads")
