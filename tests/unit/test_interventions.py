@@ -172,3 +172,15 @@ def test_patch_both_directions_on_a_known_gap(tiny_llama, tokens):
         n = pi.patch(tiny_llama, whole, clean=corrupt, corrupt=tokens, metric=metric, into="clean")
     assert n.mean == pytest.approx(1.0, abs=1e-5)
     assert n.intervention == "patch corrupt -> clean" and e.intervention == "patch clean -> corrupt"
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe", "olmoe"])
+def test_moe_adapters_locate_router_and_experts(arch):
+    subject = pi.load(tiny_model(arch))
+    ad = subject.adapter
+    assert ad.n_experts == 4 and ad.top_k == 2
+    for layer in range(subject.n_layers):
+        assert ad.router(layer) is ad.block(layer).mlp.gate
+        assert ad.experts(layer) is ad.block(layer).mlp.experts
+        assert ad.mlp(layer) is ad.block(layer).mlp
+    assert subject.identity()["experts"] == 4
