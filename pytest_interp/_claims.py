@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from . import _records
 from ._data import repeated_tokens
@@ -102,15 +103,25 @@ def assert_restores(subject: Any, sites: Site | list[Site], *, clean: Any, corru
 def induction_scores(subject: Any, layer: int, data: Any) -> np.ndarray:
     """Per example, the mean attention of each head of ``layer`` from a repeated token to the token after its
     earlier occurrence: ``[n, heads]``."""
-    att = subject.attention(data.tokens, layer)
-    ex, q, k = data.induction_pairs()
-    w = att[ex, :, q, k].cpu().numpy()  # [pairs, heads]
-    ex = ex.cpu().numpy()
-    n = len(data)
-    sums = np.zeros((n, att.shape[1]))
-    np.add.at(sums, ex, w)
-    counts = np.bincount(ex, minlength=n)[:, None]
-    return sums / np.maximum(counts, 1)
+    from ._cache import current, tensor_digest
+
+    def compute() -> torch.Tensor:
+        att = subject.attention(data.tokens, layer)
+        ex, q, k = data.induction_pairs()
+        w = att[ex, :, q, k].cpu().double().numpy()  # [pairs, heads]
+        ex_np = ex.cpu().numpy()
+        n = len(data)
+        sums = np.zeros((n, att.shape[1]))
+        np.add.at(sums, ex_np, w)
+        counts = np.bincount(ex_np, minlength=n)[:, None]
+        return torch.as_tensor(sums / np.maximum(counts, 1))
+
+    def parts() -> dict[str, Any]:
+        return {"model": subject.fingerprint, "tokens": tensor_digest(data.tokens), "layer": layer,
+                "scores": "induction attention", "pairs": tensor_digest(data.second_half),
+                "offsets": tensor_digest(data.repeat_starts - data.starts), "attn": "eager"}
+
+    return current().scores(parts, compute).numpy()
 
 
 def assert_induction_head(subject: Any, layer: int, head_: int | None = None, *, n: int | None = None,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from ._cache import current as current_cache
+from ._cache import site_key, tensor_digest
 from ._errors import InterpError
 from ._interventions import Intervention, Mean, Patch, check_how
 from ._metrics import Metric
@@ -39,6 +41,29 @@ def _stat_args(alpha: float | None, seed: int | None) -> dict[str, Any]:
             "n_boot": s.n_boot, "n_perm": s.n_perm}
 
 
+def run_parts(subject: Subject, tokens: torch.Tensor, metric: Metric, sites_t: tuple[Site, ...] = (),
+              how: Intervention | None = None) -> Callable[[], dict[str, Any] | None]:
+    """The run cache key's parts for scoring ``tokens`` with ``metric`` under ``how`` at ``sites_t``."""
+    def parts() -> dict[str, Any] | None:
+        mspec = metric.cache_spec()
+        if mspec is None:
+            return None
+        spec = subject.adapter.spec
+        return {"model": subject.fingerprint, "adapter": [spec.name, spec.layers, spec.attn_out, spec.mlp],
+                "tokens": tensor_digest(tokens), "metric": mspec, "sites": [site_key(s) for s in sites_t],
+                "intervention": how.spec() if how is not None else "clean",
+                "dtype": str(next(subject.model.parameters()).dtype), "device": str(subject.device),
+                "batch_size": settings().batch_size, "attn": subject.attn_implementation}
+    return parts
+
+
+def cached_run(subject: Subject, tokens: torch.Tensor, metric: Metric, score: Any, sites_t: tuple[Site, ...] = (),
+               how: Intervention | None = None, edits: list[Edit] | None = None) -> torch.Tensor:
+    """Per-example scores of one run, from the run cache when it has them."""
+    return current_cache().scores(run_parts(subject, tokens, metric, sites_t, how),
+                                  lambda: run(subject, tokens, edits or [], score, needs_clean=metric.needs_clean))
+
+
 def _to_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -63,15 +88,18 @@ def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: M
     for s in sites_t:
         check_site(subject, s, tokens)
     score = metric.bind(subject, tokens)
-    clean = run(subject, tokens, [], score)
+    clean = cached_run(subject, tokens, metric, score)
     return ablate_prepared(subject, sites_t, tokens, metric, score, clean, how, _stat_args(alpha, seed))
 
 
 def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.Tensor, metric: Metric,
                     score: Any, clean: torch.Tensor, how: Intervention, st: dict[str, Any]) -> Effect:
     """:func:`ablate` after validation and the clean run (shared by sweeps)."""
-    edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in sites_t]
-    hit = run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+    def compute() -> torch.Tensor:
+        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in sites_t]
+        return run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+
+    hit = current_cache().scores(run_parts(subject, tokens, metric, sites_t, how), compute)
     values = clean - hit if metric.higher_is_better else hit - clean
     return mean_effect(_to_np(values), sites=sites_t, method="ablate", intervention=how.describe(),
                        metric=metric.name, higher_is_better=metric.higher_is_better,
@@ -120,8 +148,8 @@ class PreparedPatch:
         self.metric, self.into = metric, into
         self.sign = sign = 1.0 if metric.higher_is_better else -1.0
         score_c, score_k = metric.bind(subject, tc), metric.bind(subject, tk)
-        self.k = k = _to_np(run(subject, tc, [], score_c)) * sign
-        self.c = c = _to_np(run(subject, tk, [], score_k)) * sign
+        self.k = k = _to_np(cached_run(subject, tc, metric, score_c)) * sign
+        self.c = c = _to_np(cached_run(subject, tk, metric, score_k)) * sign
         self.gap = gap = float(k.mean() - c.mean())
         scale = max(abs(float(k.mean())), abs(float(c.mean())), 1e-6)
         if not abs(gap) > 1e-6 * scale:
@@ -147,8 +175,12 @@ def prepare_patch(subject: Subject, clean: Any, corrupt: Any, metric: Metric, in
 def patch_prepared(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPatch, st: dict[str, Any]) -> Effect:
     """:func:`patch` after validation and the clean/corrupt runs (shared by sweeps)."""
     how = Patch(source=prep.source, label=prep.label)
-    edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label) for s in sites_t]
-    p = _to_np(run(subject, prep.target, edits, prep.score)) * prep.sign
+
+    def compute() -> torch.Tensor:
+        edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label) for s in sites_t]
+        return run(subject, prep.target, edits, prep.score)
+
+    p = _to_np(current_cache().scores(run_parts(subject, prep.target, prep.metric, sites_t, how), compute)) * prep.sign
     c, k, gap, sign = prep.c, prep.k, prep.gap, prep.sign
     if prep.into == "corrupt":
         diff, ratio = p - c, (lambda P, C, K: (P - C) / (K - C))

@@ -26,8 +26,13 @@ class Intervention:
         raise NotImplementedError
 
     def spec(self) -> dict[str, Any]:
-        """A JSON-able description (used in records and cache keys)."""
-        return {"kind": type(self).__name__, "describe": self.describe()}
+        """A JSON-able description of everything that sets this intervention's numbers (for the run cache)."""
+        from ._cache import digest_any
+
+        out: dict[str, Any] = {"kind": type(self).__name__}
+        for name, value in vars(self).items():
+            out[name] = digest_any(value) if name in ("reference", "source") else value
+        return out
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,25 @@ class Metric:
             output must depend only on row ``i`` of its inputs.
         higher_is_better: whether a larger score means better behaviour (log-prob: yes; loss: no).
         name: how reports name the metric.
+        cache_key: a string you change whenever ``fn`` changes; with it, runs scored by this metric are
+            cached across sessions (without it they are recomputed every time).
     """
 
     needs_clean = False
 
     def __init__(self, fn: Callable[..., torch.Tensor] | None = None, higher_is_better: bool = True,
-                 name: str | None = None) -> None:
+                 name: str | None = None, cache_key: str | None = None) -> None:
         self.fn = fn
         self.higher_is_better = higher_is_better
         self.name = name or getattr(fn, "__name__", "metric")
+        self.cache_key = cache_key
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        """What identifies this metric's numbers in the run cache; None: never cached (a user function
+        without ``cache_key=``, whose code and captured values cannot be fingerprinted safely)."""
+        if self.cache_key is None:
+            return None
+        return {"kind": "user", "name": self.name, "key": self.cache_key, "hib": self.higher_is_better}
 
     def __repr__(self) -> str:
         return f"<Metric {self.name} ({'higher' if self.higher_is_better else 'lower'} is better)>"
@@ -91,6 +101,12 @@ class _Loss(Metric):
         self.mask = mask
         self.accuracy = accuracy
 
+    def cache_spec(self) -> dict[str, Any] | None:
+        from ._cache import tensor_digest
+
+        mask = getattr(self.mask, "mask", self.mask)
+        return {"kind": self.name, "mask": tensor_digest(mask)}
+
     def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         m = _mask(self.mask, tokens, self.name)
         targets = tokens[:, 1:]
@@ -124,6 +140,12 @@ class _Answer(Metric):
         name = "logprob(answer)" if wrong is None else "logit_diff(answer, wrong)"
         super().__init__(None, higher_is_better=True, name=name)
         self.answer, self.wrong, self.position = answer, wrong, position
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        from ._cache import digest_any
+
+        return {"kind": self.name, "answer": digest_any(self.answer), "wrong": digest_any(self.wrong),
+                "position": self.position}
 
     def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         b, t = tokens.shape
@@ -169,6 +191,11 @@ class _KL(Metric):
     def __init__(self, mask: Any) -> None:
         super().__init__(None, higher_is_better=False, name="kl")
         self.mask = mask
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        from ._cache import tensor_digest
+
+        return {"kind": "kl", "mask": tensor_digest(self.mask)}
 
     def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         b, t = tokens.shape

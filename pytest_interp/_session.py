@@ -18,6 +18,30 @@ CLAIM_PROPERTY = "interp_claim"
 GRID_PROPERTY = "interp_grid"
 
 
+def configure_cache(config: pytest.Config) -> None:
+    """Set up the run cache from --interp-cache / interp_cache_dir / PYTEST_INTERP_CACHE and the mode."""
+    from ._cache import MODES, RunCache, parse_size, use
+
+    mode = config.getoption("interp_cache_mode") or config.getini("interp_cache_mode") or "readwrite"
+    if mode not in MODES:
+        raise pytest.UsageError(f"--interp-cache-mode={mode!r}: expected one of {', '.join(MODES)}")
+    prune = config.getoption("interp_cache_prune")
+    if prune:
+        try:
+            parse_size(prune)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--interp-cache-prune: {exc}") from None
+    raw = config.getoption("interp_cache") or config.getini("interp_cache_dir") or os.environ.get(
+        "PYTEST_INTERP_CACHE")
+    if raw:
+        directory: Path | None = Path(raw) if os.path.isabs(raw) else Path(config.rootpath) / raw
+    elif getattr(config, "cache", None) is not None:
+        directory = Path(config.cache.mkdir("interp-runs"))
+    else:
+        directory = None  # -p no:cacheprovider and no directory given
+    use(RunCache(directory, mode if directory is not None else "off"))
+
+
 class Options:
     """The session's reporting options, validated once (bad values are usage errors)."""
 
@@ -159,7 +183,24 @@ class ClaimsSession:
             self._drift_table(tr)
         for note in self.notes:
             tr.write_line(note)
+        self._cache_line(tr)
         tr.write_line("next: " + self._hint())
+
+    def _cache_line(self, tr: Any) -> None:
+        from ._cache import current, parse_size
+
+        cache = current()
+        if cache.mode == "off":
+            return
+        prune = self.config.getoption("interp_cache_prune")
+        pruned = ""
+        if prune:
+            removed, freed = cache.prune(parse_size(prune))
+            pruned = f"; pruned {removed} entries ({freed / 1e6:.1f} MB)"
+        entries, size = cache.size()
+        bad = f", {cache.bad} unreadable (recomputed)" if cache.bad else ""
+        tr.write_line(f"run cache {cache.directory} ({cache.mode}): {cache.hits} hits, {cache.misses} misses, "
+                      f"{cache.writes} written{bad}; {entries} entries, {size / 1e6:.1f} MB{pruned}")
 
     def _drift_table(self, tr: Any) -> None:
         o = self.options

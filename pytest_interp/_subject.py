@@ -31,6 +31,7 @@ class Subject:
         self.adapter: BoundAdapter = adapter_for(model)
         self.config = model.config
         self._fingerprint: str | None = None
+        self._fingerprint_state: tuple[Any, ...] = ()
         self.clean_memo: dict[tuple[Any, ...], Any] = {}
 
     # sizes -------------------------------------------------------------------------------------------
@@ -68,12 +69,19 @@ class Subject:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over the config and every weight: identifies the model, not its path."""
+        """sha256 over the config and every weight: identifies the model, not its path.
+
+        Recomputed whenever a weight tensor is replaced or modified in place (tracked by torch's version
+        counters), so an edited model never matches its old cache entries."""
+        cfg = json.dumps({k: v for k, v in self.config.to_dict().items()
+                          if not k.startswith("_") and k not in ("name_or_path", "transformers_version", "dtype",
+                                                                  "torch_dtype", "attn_implementation",
+                                                                  "architectures")}, sort_keys=True, default=str)
+        state = (cfg, tuple((t.data_ptr(), t._version) for t in self.model.state_dict().values()))
+        if state != self._fingerprint_state:
+            self._fingerprint, self._fingerprint_state = None, state
         if self._fingerprint is None:
-            cfg = {k: v for k, v in self.config.to_dict().items()
-                   if not k.startswith("_") and k not in ("name_or_path", "transformers_version", "dtype",
-                                                           "torch_dtype", "attn_implementation")}
-            h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+            h = hashlib.sha256(cfg.encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 h.update(name.encode())
                 t = tensor.detach().to("cpu").contiguous()

@@ -9,10 +9,10 @@ import numpy as np
 
 from . import _records
 from ._errors import InterpError
-from ._experiments import _metric, _stat_args, _subject, ablate_prepared, patch_prepared, prepare_patch
+from ._experiments import _metric, _stat_args, _subject, ablate_prepared, cached_run, patch_prepared, prepare_patch
 from ._interventions import Intervention, Mean, check_how
 from ._metrics import Metric
-from ._runner import check_site, run
+from ._runner import check_site
 from ._sites import Site, as_sites
 from ._stats import Effect
 
@@ -100,7 +100,7 @@ def sweep(subject: Any, sites: Iterable[Site] | None = None, *, inputs: Any, met
     for s in sites_t:
         check_site(subject, s, tokens)
     score = metric.bind(subject, tokens)
-    clean = run(subject, tokens, [], score)
+    clean = cached_run(subject, tokens, metric, score)
     st = _stat_args(alpha, seed)
     effects = {s: ablate_prepared(subject, (s,), tokens, metric, score, clean, how, st) for s in sites_t}
     result = Sweep(effects, f"ablation sweep: {how.describe()}, damage to {metric.name}")

@@ -64,6 +64,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--interp-baseline-dir", dest="interp_baseline_dir", metavar="DIR",
         help="where baselines live (ini: interp_baseline_dir; default: .interp/baselines in the rootdir)")
     parser.addini("interp_baseline_dir", "directory of saved baselines", default=None)
+    add("--interp-cache", dest="interp_cache", metavar="DIR", help="run cache directory (ini: interp_cache_dir; "
+        "env: PYTEST_INTERP_CACHE; default: pytest's cache dir, cleared by --cache-clear)")
+    parser.addini("interp_cache_dir", "run cache directory shared across sessions", default=None)
+    add("--interp-cache-mode", dest="interp_cache_mode", metavar="MODE",
+        help="run cache mode: off, read, write or readwrite (ini: interp_cache_mode; default: readwrite)")
+    parser.addini("interp_cache_mode", "run cache mode", default=None)
+    add("--interp-cache-prune", dest="interp_cache_prune", metavar="SIZE", help="after the run, delete the "
+        "least recently used cache entries until the cache holds at most SIZE (e.g. 500MB)")
 
 
 def _value(config: pytest.Config, name: str, type_: str, default: Any) -> Any:
@@ -103,8 +111,9 @@ def pytest_configure(config: pytest.Config) -> None:
     _settings.configure(alpha=values["alpha"], seed=values["seed"], n_boot=values["n_boot"],
                         n_perm=values["n_perm"], batch_size=values["batch_size"], device=values["device"])
     _adapters._active_hook[:] = [config.hook.pytest_interp_adapter]
-    from ._session import ClaimsSession, Options
+    from ._session import ClaimsSession, Options, configure_cache
 
+    configure_cache(config)
     options = Options(config)
     config.stash[_options_key] = options
     if not hasattr(config, "workerinput"):
@@ -116,16 +125,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from . import _adapters
+    from . import _adapters, _cache
 
     _adapters._active_hook[:] = []
+    _cache.use(_cache.RunCache())
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from ._cache import current
+
     v = config._interp_values  # type: ignore[attr-defined]
     model = v["model"] or "(none: set --interp-model or interp_model)"
-    return (f"interp: model={model} alpha={v['alpha']} seed={v['seed']} bootstrap={v['n_boot']} "
-            f"device={v['device']}")
+    cache = current()
+    where = f"{cache.directory} ({cache.mode})" if cache.mode != "off" else "off"
+    return [f"interp: model={model} alpha={v['alpha']} seed={v['seed']} bootstrap={v['n_boot']} "
+            f"device={v['device']}", f"interp cache: {where}"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -51,11 +51,15 @@ def positional():
 
 @pytest.fixture(autouse=True)
 def _fast_stats():
-    """Unit tests use fewer resamples; settings are restored after each test."""
+    """Fewer resamples and no run cache in the suite itself; both are restored after each test."""
     import pytest_interp as pi
     from pytest_interp import _settings
 
-    before = pi.settings()
+    from pytest_interp import _cache
+
+    before, cache = pi.settings(), _cache.current()
     _settings.configure(n_boot=2000, n_perm=2000)
+    _cache.use(_cache.RunCache())  # the suite's own runs are never served from a cache (tests opt in)
     yield
     _settings._current[-1] = before
+    _cache.use(cache)

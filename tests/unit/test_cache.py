@@ -1,0 +1,114 @@
+"""The run cache: hits after misses, invalidation, corrupt entries, concurrent writers, read-only mode."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import pytest
+import torch
+
+import pytest_interp as pi
+from pytest_interp import _cache
+from tests.helpers import tiny_model
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = _cache.use(_cache.RunCache(tmp_path / "cache", "readwrite"))
+    yield c
+    _cache.use(_cache.RunCache())
+
+
+def ablate(subject, tokens):
+    return pi.ablate(subject, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero())
+
+
+def test_hit_after_miss(cache, tiny_llama, tokens):
+    first = ablate(tiny_llama, tokens)
+    assert (cache.hits, cache.misses, cache.writes) == (0, 2, 2)  # the clean run and the ablated run
+    second = ablate(tiny_llama, tokens)
+    assert (cache.hits, cache.misses) == (2, 2)
+    assert second.mean == first.mean and second.ci == first.ci
+    assert cache.size()[0] == 2
+
+
+def test_every_key_part_matters(cache, tiny_llama, tokens):
+    ablate(tiny_llama, tokens)
+    pi.ablate(tiny_llama, pi.head(1, 3), inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero())  # other site
+    pi.ablate(tiny_llama, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(), how=pi.Mean())  # other how
+    pi.ablate(tiny_llama, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(), how=pi.Noise(seed=1))
+    pi.ablate(tiny_llama, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(), how=pi.Noise(seed=2))
+    pi.ablate(tiny_llama, pi.head(1, 2), inputs=tokens[:, :-1], metric=pi.metrics.loss(), how=pi.Zero())
+    assert cache.hits == 4 and cache.writes == 8  # only the shared clean runs hit
+
+
+def test_a_one_element_weight_change_never_hits(cache, tokens, tmp_path):
+    model = tiny_model("llama")
+    subject = pi.load(model)
+    before = ablate(subject, tokens)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight[0, 20] += 1.0  # an input column of head 1.2
+    after = ablate(subject, tokens)
+    assert cache.hits == 0 and after.mean != before.mean
+    # and through from_pretrained: a checkpoint with one changed element is another model
+    path = tmp_path / "changed"
+    model.save_pretrained(path)
+    reloaded = pi.load(path)
+    assert reloaded.fingerprint == subject.fingerprint
+    assert ablate(reloaded, tokens).mean == pytest.approx(after.mean, abs=1e-6)
+    assert cache.hits == 2
+
+
+def test_corrupt_entry_is_recomputed_with_a_warning(cache, tiny_llama, tokens):
+    first = ablate(tiny_llama, tokens)
+    for f in (cache.directory).glob("*/*.safetensors"):
+        f.write_bytes(f.read_bytes()[:20])  # truncated
+    with pytest.warns(pi.InterpWarning, match="unreadable"):
+        again = ablate(tiny_llama, tokens)
+    assert again.mean == first.mean and cache.bad == 2
+    assert ablate(tiny_llama, tokens).mean == first.mean and cache.hits == 2  # rewritten, readable again
+
+
+def test_read_only_mode_never_writes(tmp_path, tiny_llama, tokens):
+    c = _cache.use(_cache.RunCache(tmp_path / "ro", "read"))
+    try:
+        ablate(tiny_llama, tokens)
+        ablate(tiny_llama, tokens)
+        assert c.writes == 0 and not (tmp_path / "ro").exists()
+    finally:
+        _cache.use(_cache.RunCache())
+
+
+def test_user_metric_without_cache_key_is_not_cached(cache, tiny_llama, tokens):
+    m = pi.metrics.Metric(lambda logits, toks: logits[:, -1, 0], name="first-logit")
+    pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=m, how=pi.Zero())
+    assert cache.writes == 0
+    keyed = pi.metrics.Metric(lambda logits, toks: logits[:, -1, 0], name="first-logit", cache_key="v1")
+    pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=keyed, how=pi.Zero())
+    assert cache.writes == 2
+
+
+def _writer(directory: str, worker: int, rounds: int) -> None:
+    c = _cache.RunCache(_cache.Path(directory), "readwrite")
+    for i in range(rounds):
+        c.put("ab" * 32, torch.arange(1000, dtype=torch.float64) * (i % 2), {"worker": worker})
+
+
+def test_concurrent_writers_never_tear_an_entry(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 200)) for w in range(2)]
+    for p in procs:
+        p.start()
+    reader = _cache.RunCache(tmp_path, "read")
+    seen = 0
+    while any(p.is_alive() for p in procs):
+        value = reader.get("ab" * 32)
+        if value is not None:
+            assert value.shape == (1000,) and (value.sum() in (0.0, float(sum(range(1000)))))
+            seen += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert reader.bad == 0 and reader.get("ab" * 32) is not None
+    assert not [f for f in os.listdir(tmp_path / "ab") if f.endswith(".tmp")]
