@@ -16,11 +16,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from ._errors import InterpError, InterpWarning
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 MODES = ("off", "read", "write", "readwrite")
 FORMAT = 1
@@ -30,6 +31,8 @@ def tensor_digest(t: Any) -> str | None:
     """sha256 of a tensor's dtype, shape and bytes (None stays None)."""
     if t is None:
         return None
+    import torch
+
     t = torch.as_tensor(t).detach().to("cpu").contiguous()
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     if t.dtype == torch.bool:
@@ -44,6 +47,8 @@ def digest_any(x: Any) -> str | None:
         return None
     if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and all(isinstance(v, str) for v in x)):
         return hashlib.sha256(json.dumps(x).encode()).hexdigest()
+    import torch
+
     if hasattr(x, "tokens") and not isinstance(x, torch.Tensor):
         x = x.tokens
     return tensor_digest(x)
@@ -87,6 +92,7 @@ class RunCache:
 
     def key(self, parts: dict[str, Any]) -> str:
         if not self._versions:
+            import torch
             import transformers
 
             from . import __version__
@@ -100,7 +106,7 @@ class RunCache:
         assert self.directory is not None
         return self.directory / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> torch.Tensor | None:
+    def get(self, key: str) -> "torch.Tensor | None":
         if self.mode == "off" or not self.reads:
             return None
         path = self._path(key)
