@@ -100,6 +100,12 @@ def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.T
         return run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
 
     hit = current_cache().scores(run_parts(subject, tokens, metric, sites_t, how), compute)
+    return ablation_effect(subject, sites_t, metric, how, clean, hit, st)
+
+
+def ablation_effect(subject: Subject, sites_t: tuple[Site, ...], metric: Metric, how: Intervention,
+                    clean: torch.Tensor, hit: torch.Tensor, st: dict[str, Any]) -> Effect:
+    """The Effect of an ablation from its clean and intervened per-example scores."""
     values = clean - hit if metric.higher_is_better else hit - clean
     return mean_effect(_to_np(values), sites=sites_t, method="ablate", intervention=how.describe(),
                        metric=metric.name, higher_is_better=metric.higher_is_better,

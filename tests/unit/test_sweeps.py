@@ -16,6 +16,7 @@ def test_ablation_sweep_equals_single_ablations(tiny_llama, tokens):
         assert sw[site].mean == pytest.approx(one.mean, abs=1e-6)
         assert sw[site].ci == pytest.approx(one.ci, abs=1e-6)
         np.testing.assert_allclose(sw[site].values, one.values, atol=1e-6)
+    assert sw.work.fraction == pytest.approx(0.75)  # layer-1 heads reuse the clean layer 0
     grid, rows, cols = sw.grid()
     assert grid.shape == (2, 4) and rows == ["L0", "L1"] and cols == ["H0", "H1", "H2", "H3"]
     assert grid[1, 3] == pytest.approx(sw[pi.head(1, 3)].mean)
@@ -50,3 +51,21 @@ def test_sweep_rejects_unknown_sites(tiny_llama, tokens):
     with pytest.raises(pi.InterpError, match="kind"):
         pi.patch_sweep(tiny_llama, clean=tokens, corrupt=torch.flip(tokens, [0]), metric=pi.metrics.loss(),
                        kind="heads")
+
+
+@pytest.mark.parametrize("how", [pi.Mean(), pi.Resample(seed=2), pi.Noise(seed=1)], ids=["mean", "resample", "noise"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "bert"])
+def test_prefix_reuse_and_packing_do_not_change_numbers(arch, how, tokens):
+    from pytest_interp import _settings
+    from tests.helpers import tiny_model
+
+    subject = pi.load(tiny_model(arch))
+    sites = [pi.head(1, 0), pi.head(1, 2), pi.attn(1), pi.mlp(1).at(5), pi.resid(1), pi.resid(2)]
+    metric = pi.metrics.kl()
+    _settings.configure(batch_size=48)  # 4 sites of 12 examples per forward
+    sw = pi.sweep(subject, sites, inputs=tokens, metric=metric, how=how)
+    _settings.configure(batch_size=64)
+    for site in sites:
+        one = pi.ablate(subject, site, inputs=tokens, metric=metric, how=how)
+        assert sw[site].mean == pytest.approx(one.mean, abs=1e-5), site
+    assert sw.work.fraction < 0.6
