@@ -1,0 +1,171 @@
+"""Side-by-side benchmarks of pytest-interp against TransformerLens and nnsight (and plain HF hooks).
+
+    python benchmarks/run.py            # everything available; peers need the [bench] extra
+    python benchmarks/run.py B1 B3      # a subset
+
+Prints one table with times, ratios, the machine, and the max abs difference of each peer's per-site effects
+from pytest-interp's. Model: GPT-2 small architecture (12 layers x 12 heads, d=768, vocabulary 50257) with
+seeded random weights, saved as an HF directory by make_model.py; inputs: 8 random prompts of 16 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import make_model  # noqa: E402
+import peers  # noqa: E402
+
+import pytest_interp as pi  # noqa: E402
+
+
+def _pi_subject(model_dir: Path) -> pi.Subject:
+    return pi.load(model_dir)
+
+
+def pi_b1(subject: pi.Subject, tokens: torch.Tensor) -> tuple[dict, float, float]:
+    """All-heads mean-ablation sweep; metric: mean log-prob of the actual next token (damage = clean - ablated,
+    i.e. the increase of next-token loss)."""
+    t = time.perf_counter()
+    sweep = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss(), how=pi.Mean())
+    seconds = time.perf_counter() - t
+    return {(s.layer, s.index): e.mean for s, e in sweep.items()}, seconds, sweep.work.fraction
+
+
+def pi_b2(subject: pi.Subject, clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[dict, float]:
+    t = time.perf_counter()
+    sweep = pi.patch_sweep(subject, clean=clean, corrupt=corrupt, metric=pi.metrics.loss())
+    seconds = time.perf_counter() - t
+    return {(s.layer, s.positions): e.mean for s, e in sweep.items()}, seconds
+
+
+CLAIMS = '''
+import pytest, torch
+import pytest_interp as pi
+
+TOKENS = torch.randint(0, 50257, (8, 16), generator=torch.Generator().manual_seed(0))
+
+@pytest.mark.parametrize("layer,head", [(0, 0), (3, 5), (6, 1), (9, 7), (11, 11)])
+def test_head_not_necessary(subject, layer, head):
+    pi.assert_not_necessary(subject, pi.head(layer, head), inputs=TOKENS, metric=pi.metrics.loss(), within=0.05)
+
+@pytest.mark.parametrize("layer", [2, 5, 8, 11])
+def test_mlp_necessary(subject, layer):
+    pi.assert_necessary(subject, pi.mlp(layer), inputs=TOKENS, metric=pi.metrics.kl(), at_least=1e-4,
+                        how=pi.Zero())
+
+def test_resid_patch(subject):
+    corrupt = TOKENS.clone(); corrupt[:, 3] = (corrupt[:, 3] + 1) % 50257
+    pi.assert_restores(subject, pi.resid(4).at(3), clean=TOKENS, corrupt=corrupt,
+                       metric=pi.metrics.loss(), at_least=0.5)
+'''
+
+
+def _claims_time(project: Path, args: list[str], model_dir: Path | None) -> tuple[float, dict]:
+    junit = project / "junit.xml"
+    report = project / "report.json"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", f"--junitxml={junit}",
+           f"--interp-json={report}", *args]
+    if model_dir is not None:
+        cmd.append(f"--interp-model={model_dir}")
+    subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    import xml.etree.ElementTree as ET
+
+    total = sum(float(tc.get("time", 0)) for tc in ET.parse(junit).getroot().iter("testcase"))
+    data = json.loads(report.read_text())
+    return total, {c["key"]: (c["passed"], c["effect"], c["ci"]) for c in data["claims"]}
+
+
+def b3(model_dir: Path) -> list[tuple[str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        (project / "test_bench_claims.py").write_text(CLAIMS)
+        cache = ["--interp-cache", str(project / "cache")]
+        cold, cold_res = _claims_time(project, [*cache, "test_bench_claims.py"], model_dir)
+        warm, warm_res = _claims_time(project, [*cache, "test_bench_claims.py"], model_dir)
+        same = cold_res == warm_res
+        rows.append(("B3 claims file (10 claims, GPT-2 small)", f"cold {cold:.2f} s, warm {warm:.2f} s: "
+                     f"{cold / warm:.1f}x; identical verdicts and effects: {same}"))
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = HERE.parent
+        cache = ["--interp-cache", tmp, str(repo / "claims")]
+        cold, cold_res = _claims_time(repo, cache, None)
+        warm, warm_res = _claims_time(repo, cache, None)
+        rows.append(("B3 pytest claims/ (shipped fixtures)", f"cold {cold:.2f} s, warm {warm:.2f} s: "
+                     f"{cold / warm:.1f}x; identical: {cold_res == warm_res}"))
+        for f in ("junit.xml", "report.json"):
+            (repo / f).unlink(missing_ok=True)
+    return rows
+
+
+def b6() -> list[tuple[str, str]]:
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", "--help"], capture_output=True,
+                         text=True, cwd=tempfile.gettempdir())
+    imported = any(line.split("|")[-1].strip().split(".")[0] == "torch" for line in out.stderr.splitlines()
+                   if line.startswith("import time:"))
+    return [("B6 pytest --help", f"torch imported: {imported}; --interp options listed: "
+             f"{'--interp-model' in out.stdout}")]
+
+
+def main(argv: list[str]) -> int:
+    wanted = set(argv) or {"B1", "B2", "B3", "B6"}
+    torch.set_num_threads(2)
+    model_dir = make_model.build_model()
+    tokens = make_model.make_inputs()
+    rows: list[tuple[str, str]] = []
+    subject = _pi_subject(model_dir)
+    fwd = peers.hf_forward_seconds(model_dir, tokens)
+    rows.append(("one forward, 8 x 16 tokens (plain HF)", f"{fwd:.3f} s"))
+    if "B1" in wanted:
+        pi.sweep(subject, [pi.head(0, 0)], inputs=tokens, metric=pi.metrics.loss())  # warm-up
+        ours, t_ours, frac = pi_b1(subject, tokens)
+        rows.append(("B1 all-heads mean-ablation sweep: pytest-interp", f"{t_ours:.2f} s ({frac:.1%} of the naive "
+                     "layer x token evaluations)"))
+        for name, fn in (("plain HF hooks", peers.hf_b1), ("TransformerLens", peers.tl_b1),
+                         ("nnsight", peers.nnsight_b1)):
+            try:
+                theirs, t = fn(model_dir, tokens)
+            except Exception as exc:  # noqa: BLE001 - a peer that is missing is reported, not fatal
+                rows.append((f"B1 {name}", f"unavailable: {type(exc).__name__}: {str(exc)[:90]}"))
+                continue
+            rows.append((f"B1 {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
+                         f"{peers.max_abs_diff(ours, theirs):.1e}"))
+    if "B2" in wanted:
+        corrupt = make_model.make_corrupt(tokens)
+        ours, t_ours = pi_b2(subject, tokens, corrupt)
+        rows.append(("B2 resid patching 12 layers x 16 positions: pytest-interp", f"{t_ours:.2f} s"))
+        for name, fn in (("plain HF hooks", peers.hf_b2), ("TransformerLens", peers.tl_b2),
+                         ("nnsight", peers.nnsight_b2)):
+            try:
+                theirs, t = fn(model_dir, tokens, corrupt)
+            except Exception as exc:  # noqa: BLE001
+                rows.append((f"B2 {name}", f"unavailable: {type(exc).__name__}: {str(exc)[:90]}"))
+                continue
+            rows.append((f"B2 {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
+                         f"{peers.max_abs_diff(ours, theirs):.1e}"))
+    if "B3" in wanted:
+        rows += b3(model_dir)
+    if "B6" in wanted:
+        rows += b6()
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), python {platform.python_version()}")
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name.ljust(width)}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
