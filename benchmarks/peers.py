@@ -285,8 +285,12 @@ def nnsight_b1(model_dir: str | Path, tokens: torch.Tensor) -> tuple[Effects, fl
     model = _load_nnsight(model_dir)
     with torch.no_grad():
         t0 = time.perf_counter()
+        # Containers must exist before the trace: nnsight writes back only the saved values
+        # themselves, so a list first created inside the block is unbound after it.
+        zs: list = []
         with model.trace(tokens):
-            zs = [model.transformer.h[l].attn.c_proj.input.save() for l in range(N_LAYERS)]
+            for l in range(N_LAYERS):
+                zs.append(model.transformer.h[l].attn.c_proj.input.save())
             logits = model.lm_head.output.save()
         clean = metric(logits, tokens)
         means = [z.mean(dim=0, keepdim=True) for z in zs]
@@ -311,8 +315,10 @@ def nnsight_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor
     seq = clean.shape[1]
     with torch.no_grad():
         t0 = time.perf_counter()
+        resid: list = []  # created outside the trace (see nnsight_b1)
         with model.trace(clean):
-            resid = [model.transformer.h[l].input.save() for l in range(N_LAYERS)]
+            for l in range(N_LAYERS):
+                resid.append(model.transformer.h[l].input.save())
             logits = model.lm_head.output.save()
         clean_scores = metric(logits, clean)
         with model.trace(corrupt):
@@ -338,42 +344,61 @@ def max_abs_diff(a: Effects, b: Effects) -> float:
     return max(abs(a[k] - b[k]) for k in a)
 
 
-def main(argv: list[str]) -> int:
-    model_dir = argv[1] if len(argv) > 1 else DEFAULT_DIR
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    ap = argparse.ArgumentParser(description="Time the peer implementations against plain HF hooks.")
+    ap.add_argument("model_dir", nargs="?", default=DEFAULT_DIR)
+    ap.add_argument("--peers", default="transformer_lens,nnsight",
+                    help="comma-separated subset of transformer_lens,nnsight (plain HF always runs)")
+    ap.add_argument("--json", default=None, help="also write timings and differences to this file")
+    args = ap.parse_args(argv)
+
     _threads()
-    build_model(model_dir)
+    build_model(args.model_dir)
     tokens = make_inputs(8, 16, 0)
     corrupt = make_corrupt(tokens, 3)
+    report: dict = {"versions": {}, "seconds": {}, "max_abs_diff": {}, "failed": {}}
 
-    import torch as _t
-    import transformers
-
-    print(f"torch {_t.__version__}, transformers {transformers.__version__}, threads {_t.get_num_threads()}")
-    for name in ("transformer_lens", "nnsight"):
+    for name in ("torch", "transformers", "transformer-lens", "nnsight"):
         try:
-            from importlib.metadata import version
-            print(f"{name} {version(name.replace('_', '-'))}")
-        except Exception:
-            print(f"{name}: not installed")
+            report["versions"][name] = version(name)
+        except PackageNotFoundError:
+            report["versions"][name] = None
+    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()), f"| threads {torch.get_num_threads()}")
 
-    fwd = hf_forward_seconds(model_dir, tokens)
+    fwd = hf_forward_seconds(args.model_dir, tokens)
+    report["seconds"]["forward_8x16"] = fwd
     print(f"plain HF forward 8x16: {fwd * 1000:.1f} ms (median of 10)")
 
-    ref1, s = hf_b1(model_dir, tokens)
-    print(f"B1 hf        {s:8.2f} s  (144 heads)")
-    ref2, s = hf_b2(model_dir, tokens, corrupt)
-    print(f"B2 hf        {s:8.2f} s  ({len(ref2)} sites)")
+    ref1, s = hf_b1(args.model_dir, tokens)
+    report["seconds"]["B1/hf"] = s
+    print(f"B1 {'hf':16s} {s:8.2f} s  ({len(ref1)} forwards + 1 clean)")
+    ref2, s = hf_b2(args.model_dir, tokens, corrupt)
+    report["seconds"]["B2/hf"] = s
+    print(f"B2 {'hf':16s} {s:8.2f} s  ({len(ref2)} forwards + clean + corrupt)")
 
-    for label, fn1, fn2 in (("transformer_lens", tl_b1, tl_b2), ("nnsight", nnsight_b1, nnsight_b2)):
-        for bench, fn, args, ref in (("B1", fn1, (tokens,), ref1), ("B2", fn2, (tokens, corrupt), ref2)):
+    table = {"transformer_lens": (tl_b1, tl_b2), "nnsight": (nnsight_b1, nnsight_b2)}
+    for label in [p.strip() for p in args.peers.split(",") if p.strip()]:
+        fn1, fn2 = table[label]
+        for bench, fn, fargs, ref in (("B1", fn1, (tokens,), ref1), ("B2", fn2, (tokens, corrupt), ref2)):
+            key = f"{bench}/{label}"
             try:
-                eff, s = fn(model_dir, *args)
+                eff, s = fn(args.model_dir, *fargs)
             except Exception as e:  # report and go on with the others
+                report["failed"][key] = f"{type(e).__name__}: {e}"
                 print(f"{bench} {label:16s} FAILED: {type(e).__name__}: {e}")
                 continue
-            print(f"{bench} {label:16s} {s:8.2f} s  max |diff| vs hf = {max_abs_diff(eff, ref):.3g}")
+            d = max_abs_diff(eff, ref)
+            report["seconds"][key], report["max_abs_diff"][key] = s, d
+            print(f"{bench} {label:16s} {s:8.2f} s  max |diff| vs hf = {d:.3g}")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv))
+    raise SystemExit(main())

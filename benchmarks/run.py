@@ -120,7 +120,7 @@ def b6() -> list[tuple[str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"B1", "B2", "B3", "B6"}
+    wanted = set(argv) or {"B1", "B2", "B3", "B4", "B6"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
@@ -142,6 +142,15 @@ def main(argv: list[str]) -> int:
                 continue
             rows.append((f"B1 {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
                          f"{peers.max_abs_diff(ours, theirs):.1e}"))
+    if "B4" in wanted:
+        t = time.perf_counter()
+        est = pi.attribution_sweep(subject, inputs=tokens, metric=pi.metrics.loss())
+        t_est = time.perf_counter() - t
+        t = time.perf_counter()
+        exact = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
+        t_exact = time.perf_counter() - t
+        rows.append(("B4 attribution screen vs exact B1 sweep", f"{t_est:.2f} s vs {t_exact:.2f} s: "
+                     f"{t_exact / t_est:.1f}x faster; Spearman rank correlation {pi.rank_agreement(est, exact):.3f}"))
     if "B2" in wanted:
         corrupt = make_model.make_corrupt(tokens)
         ours, t_ours = pi_b2(subject, tokens, corrupt)

@@ -28,6 +28,8 @@ _LAZY = {
     "Zero": "_interventions",
     "ablate": "_experiments",
     "assert_induction_head": "_claims",
+    "attribution_sweep": "_attribution",
+    "rank_agreement": "_attribution",
     "assert_necessary": "_claims",
     "assert_not_necessary": "_claims",
     "assert_restores": "_claims",
@@ -66,6 +68,7 @@ __all__ = [
     "assert_not_necessary",
     "assert_restores",
     "attn",
+    "attribution_sweep",
     "configure",
     "expert",
     "head",
@@ -75,6 +78,7 @@ __all__ = [
     "mlp",
     "patch",
     "patch_sweep",
+    "rank_agreement",
     "register_adapter",
     "repeated_tokens",
     "resid",
@@ -102,6 +106,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import metrics, strategies
     from ._adapters import Adapter
+    from ._attribution import attribution_sweep, rank_agreement
     from ._adapters import register as register_adapter
     from ._claims import (assert_induction_head, assert_necessary, assert_not_necessary, assert_restores,
                           induction_scores)

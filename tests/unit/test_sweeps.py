@@ -69,3 +69,15 @@ def test_prefix_reuse_and_packing_do_not_change_numbers(arch, how, tokens):
         one = pi.ablate(subject, site, inputs=tokens, metric=metric, how=how)
         assert sw[site].mean == pytest.approx(one.mean, abs=1e-5), site
     assert sw.work.fraction < 0.6
+
+
+def test_attribution_screen_matches_exact_effects_in_the_linear_regime(tiny_llama, tokens):
+    metric = pi.metrics.loss()
+    est = pi.attribution_sweep(tiny_llama, inputs=tokens, metric=metric)
+    exact = pi.sweep(tiny_llama, inputs=tokens, metric=metric)
+    assert pi.rank_agreement(est, exact) > 0.9
+    for site in exact:
+        assert est[site].mean == pytest.approx(exact[site].mean, abs=5e-4)
+    assert est[pi.head(0, 0)].method == "attribution"
+    with pytest.raises(pi.InterpError, match="deterministic replacement"):
+        pi.attribution_sweep(tiny_llama, inputs=tokens, metric=metric, how=pi.Noise())
