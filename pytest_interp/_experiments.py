@@ -186,7 +186,14 @@ def patch_prepared(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPa
         edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label) for s in sites_t]
         return run(subject, prep.target, edits, prep.score)
 
-    p = _to_np(current_cache().scores(run_parts(subject, prep.target, prep.metric, sites_t, how), compute)) * prep.sign
+    p = current_cache().scores(run_parts(subject, prep.target, prep.metric, sites_t, how), compute)
+    return patch_effect(subject, sites_t, prep, p, st)
+
+
+def patch_effect(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPatch, patched: torch.Tensor,
+                 st: dict[str, Any]) -> Effect:
+    """The Effect of a patch from the patched run's per-example scores."""
+    p = _to_np(patched) * prep.sign
     c, k, gap, sign = prep.c, prep.k, prep.gap, prep.sign
     if prep.into == "corrupt":
         diff, ratio = p - c, (lambda P, C, K: (P - C) / (K - C))

@@ -9,15 +9,14 @@ import numpy as np
 import torch
 
 from . import _records
-from ._errors import InterpError
 from ._cache import current as current_cache
-from ._experiments import (_metric, _stat_args, _subject, ablation_effect, cached_run, patch_prepared,
+from ._errors import InterpError
+from ._experiments import (_metric, _stat_args, _subject, ablation_effect, cached_run, patch_effect,
                            prepare_patch, run_parts)
 from ._fast import Work, run_sites
-from ._runner import Edit
-from ._interventions import Intervention, Mean, check_how
+from ._interventions import Intervention, Mean, Patch, check_how
 from ._metrics import Metric
-from ._runner import check_site
+from ._runner import Edit, check_site
 from ._sites import Site, as_sites
 from ._stats import Effect
 
@@ -111,24 +110,7 @@ def sweep(subject: Any, sites: Iterable[Site] | None = None, *, inputs: Any, met
     score = metric.bind(subject, tokens)
     clean = cached_run(subject, tokens, metric, score)
     st = _stat_args(alpha, seed)
-    cache = current_cache()
-    scores: dict[Site, torch.Tensor] = {}
-    if cache.mode != "off":
-        for s in sites_t:
-            key_parts = run_parts(subject, tokens, metric, (s,), how)()
-            got = cache.get(cache.key(key_parts)) if key_parts is not None else None
-            if got is not None:
-                scores[s] = got
-    todo = [s for s in sites_t if s not in scores]
-    work = Work()
-    if todo:
-        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in todo]
-        computed, work = run_sites(subject, tokens, edits, score, needs_clean=metric.needs_clean)
-        for s, value in zip(todo, computed):
-            scores[s] = value
-            key_parts = run_parts(subject, tokens, metric, (s,), how)() if cache.mode != "off" else None
-            if key_parts is not None:
-                cache.put(cache.key(key_parts), value, {"sites": key_parts["sites"]})
+    scores, work = _cached_sites(subject, tokens, metric, score, sites_t, how)
     effects = {s: ablation_effect(subject, (s,), metric, how, clean, scores[s], st) for s in sites_t}
     result = Sweep(effects, f"ablation sweep: {how.describe()}, damage to {metric.name}")
     result.work = work
@@ -156,7 +138,34 @@ def patch_sweep(subject: Any, *, clean: Any, corrupt: Any, metric: Metric, layer
     for s in sites_t:
         check_site(subject, s, prep.target)
     st = _stat_args(alpha, seed)
-    effects = {s: patch_prepared(subject, (s,), prep, st) for s in sites_t}
+    how = Patch(source=prep.source, label=prep.label)
+    scores, work = _cached_sites(subject, prep.target, prep.metric, prep.score, sites_t, how)
+    effects = {s: patch_effect(subject, (s,), prep, scores[s], st) for s in sites_t}
     result = Sweep(effects, f"{kind} patching sweep ({prep.label}): restored fraction of {metric.name}")
+    result.work = work
     result._record()
     return result
+
+
+def _cached_sites(subject: Any, tokens: torch.Tensor, metric: Metric, score: Any, sites_t: tuple[Site, ...],
+                  how: Intervention) -> tuple[dict[Site, torch.Tensor], Work]:
+    """Each site's intervened scores: from the run cache where it has them, the rest by the sweep engine."""
+    cache = current_cache()
+    scores: dict[Site, torch.Tensor] = {}
+    keys: dict[Site, str | None] = {}
+    for s in sites_t:
+        parts = run_parts(subject, tokens, metric, (s,), how)() if cache.mode != "off" else None
+        keys[s] = cache.key(parts) if parts is not None else None
+        got = cache.get(keys[s]) if keys[s] is not None else None
+        if got is not None:
+            scores[s] = got
+    todo = [s for s in sites_t if s not in scores]
+    work = Work()
+    if todo:
+        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in todo]
+        computed, work = run_sites(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+        for s, value in zip(todo, computed):
+            scores[s] = value
+            if keys[s] is not None:
+                cache.put(keys[s], value, {"sites": [str(s)]})
+    return scores, work
