@@ -31,6 +31,35 @@ class Work:
         return self.run / self.naive if self.naive else 1.0
 
 
+class Progress:
+    """A one-line progress bar on a terminal, shown once a sweep has run for 2 s; silent when stderr is not a
+    terminal (pytest's capture, CI logs) or CI is set."""
+
+    def __init__(self, total: int, label: str) -> None:
+        import os
+        import sys
+        import time
+
+        self.total, self.done, self.label = total, 0, label
+        self.stream = sys.stderr
+        self.enabled = self.stream.isatty() and not os.environ.get("CI")
+        self.start, self.clock, self.shown = time.monotonic(), time.monotonic, False
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.enabled and (self.shown or self.clock() - self.start > 2.0):
+            self.shown = True
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 def start_layer(edit: Edit, n_layers: int) -> int:
     """The first block whose computation the edit can change."""
     return min(edit.site.layer, n_layers)
@@ -84,6 +113,7 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
     work = Work(naive=len(edits) * n_layers * batch * seq)
     parts: list[list[torch.Tensor]] = [[] for _ in edits]
     order = sorted(range(len(edits)), key=lambda i: start_layer(edits[i], n_layers))
+    progress = Progress(len(edits) * len(range(0, batch, settings().batch_size)), "pytest-interp sweep")
     for rows in _chunks(batch):
         chunk = tokens[rows.to(tokens.device)]
         b = chunk.shape[0]
@@ -120,6 +150,8 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                 for slot, i in enumerate(pack_ids):
                     part = logits[slot * b:(slot + 1) * b]
                     parts[i].append(score(part, dev_rows, clean_logits if needs_clean else None).detach())
+                progress.step(k)
+    progress.close()
     for e in edits:
         if not e.fired:
             raise InterventionNoOpError(f"the {e.label} on {e.site} did not fire",
