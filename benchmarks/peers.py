@@ -209,7 +209,8 @@ def _load_tl(model_dir: str | Path):
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise RuntimeError(f"TransformerLens 4.x (TransformerBridge) is not available ({e}); {INSTALL_HINT}") from e
+        raise RuntimeError(
+            f"TransformerLens 4.x (TransformerBridge) is not available ({e}); {INSTALL_HINT}") from e
     # Raw HF weights (no LayerNorm folding or centering), eager attention, float32, CPU.
     bridge = TransformerBridge.boot_transformers(str(model_dir), device="cpu", dtype=torch.float32)
     bridge.eval()
@@ -367,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
             report["versions"][name] = version(name)
         except PackageNotFoundError:
             report["versions"][name] = None
-    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()), f"| threads {torch.get_num_threads()}")
+    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+          f"| threads {torch.get_num_threads()}")
 
     fwd = hf_forward_seconds(args.model_dir, tokens)
     report["seconds"]["forward_8x16"] = fwd
