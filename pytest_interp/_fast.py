@@ -14,8 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ._runner import Edit, ScoreFn, _apply, _chunks, _finite, _hooks, _install, _logits, _no_change
-from ._errors import InterventionNoOpError
+from ._runner import Edit, ScoreFn, _apply, _chunks, _finite, _hooks, _install, _logits, check_edits
 from ._settings import settings
 
 
@@ -152,12 +151,5 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                     parts[i].append(score(part, dev_rows, clean_logits if needs_clean else None).detach())
                 progress.step(k)
     progress.close()
-    for e in edits:
-        if not e.fired:
-            raise InterventionNoOpError(f"the {e.label} on {e.site} did not fire",
-                                        expected=f"the hook at {e.site} to run during the forward pass",
-                                        seen="the hooked module was never called",
-                                        fix="check the adapter maps this site to a module the model uses")
-        if e.must_change and not e.changed:
-            raise _no_change(e)
+    check_edits(edits)
     return [torch.cat(p) for p in parts], work

@@ -200,6 +200,12 @@ def run(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *
         else:
             logits = clean
         out.append(score(logits, rows.to(tokens.device), clean).detach())
+    check_edits(edits)
+    return torch.cat(out)
+
+
+def check_edits(edits: list[Edit]) -> None:
+    """The silent no-op guard: every edit fired, and those that must change their activation did."""
     for e in edits:
         if not e.fired:
             raise InterventionNoOpError(f"the {e.label} on {e.site} did not fire",
@@ -208,7 +214,6 @@ def run(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *
                                         fix="check the adapter maps this site to a module the model uses")
         if e.must_change and not e.changed:
             raise _no_change(e)
-    return torch.cat(out)
 
 
 def _no_change(e: Edit) -> InterventionNoOpError:
