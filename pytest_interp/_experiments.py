@@ -57,11 +57,9 @@ def run_parts(subject: Subject, tokens: torch.Tensor, metric: Metric, sites_t: t
     return parts
 
 
-def cached_run(subject: Subject, tokens: torch.Tensor, metric: Metric, score: Any, sites_t: tuple[Site, ...] = (),
-               how: Intervention | None = None, edits: list[Edit] | None = None) -> torch.Tensor:
-    """Per-example scores of one run, from the run cache when it has them."""
-    return current_cache().scores(run_parts(subject, tokens, metric, sites_t, how),
-                                  lambda: run(subject, tokens, edits or [], score, needs_clean=metric.needs_clean))
+def cached_run(subject: Subject, tokens: torch.Tensor, metric: Metric, score: Any) -> torch.Tensor:
+    """Per-example scores of the clean run, from the run cache when it has them."""
+    return current_cache().scores(run_parts(subject, tokens, metric), lambda: run(subject, tokens, [], score))
 
 
 def _to_np(t: torch.Tensor) -> np.ndarray:
@@ -126,7 +124,7 @@ def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: An
     """
     subject, metric = _subject(subject), _metric(metric)
     sites_t = as_sites(sites)
-    prep = prepare_patch(subject, clean, corrupt, metric, into)
+    prep = PreparedPatch(subject, clean, corrupt, metric, into)
     for s in sites_t:
         check_site(subject, s, prep.target)
     return patch_prepared(subject, sites_t, prep, _stat_args(alpha, seed))
@@ -172,10 +170,6 @@ class PreparedPatch:
             self.target, self.source, self.score, self.label = tk, tc, score_k, "patch clean -> corrupt"
         else:
             self.target, self.source, self.score, self.label = tc, tk, score_c, "patch corrupt -> clean"
-
-
-def prepare_patch(subject: Subject, clean: Any, corrupt: Any, metric: Metric, into: str) -> PreparedPatch:
-    return PreparedPatch(subject, clean, corrupt, metric, into)
 
 
 def patch_prepared(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPatch, st: dict[str, Any]) -> Effect:

@@ -1,4 +1,4 @@
-"""Claim records: what each claim decided, collected for the session report."""
+"""Claim records and sweep grids: what each test decided or measured, collected for the session report."""
 
 from __future__ import annotations
 
@@ -12,19 +12,22 @@ def add(record: dict[str, Any]) -> None:
     _records.append(record)
 
 
-def drain() -> list[dict[str, Any]]:
-    """Return and forget the records made since the last drain (the plugin drains after each test)."""
-    out = list(_records)
-    _records.clear()
-    return out
-
-
 def add_grid(grid: dict[str, Any]) -> None:
     """A sweep's grid, shown as a heatmap in the HTML report."""
     _grids.append(grid)
 
 
-def drain_grids() -> list[dict[str, Any]]:
-    out = list(_grids)
-    _grids.clear()
+def _take(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = list(items)
+    items.clear()
     return out
+
+
+def drain() -> list[dict[str, Any]]:
+    """Return and forget the records made since the last drain (the plugin drains after each test)."""
+    return _take(_records)
+
+
+def drain_grids() -> list[dict[str, Any]]:
+    """Return and forget the sweep grids made since the last drain."""
+    return _take(_grids)

@@ -32,6 +32,7 @@ class Subject:
         self.config = model.config
         self._fingerprint: str | None = None
         self._fingerprint_state: tuple[Any, ...] = ()
+        self._identity: dict[str, Any] | None = None
         self.clean_memo: dict[tuple[Any, ...], Any] = {}
 
     # sizes -------------------------------------------------------------------------------------------
@@ -92,15 +93,21 @@ class Subject:
 
     def identity(self) -> dict[str, Any]:
         """What identifies the model and how it was run: the controls every report records."""
+        fingerprint = self.fingerprint
+        current = (fingerprint, self.attn_implementation, str(self.device))
+        if self._identity is not None and (self._identity["fingerprint"], self._identity["attn_implementation"],
+                                           self._identity["device"]) == current:
+            return dict(self._identity)
         import transformers
 
         param = next(self.model.parameters())
-        return {"name": self.name, "fingerprint": self.fingerprint, "architecture": self.adapter.name,
+        self._identity = {"name": self.name, "fingerprint": fingerprint, "architecture": self.adapter.name,
                 "class": type(self.model).__name__, "layers": self.n_layers, "heads": self.n_heads,
                 "experts": self.adapter.n_experts, "top_k": self.adapter.top_k, "vocab_size": self.vocab_size,
                 "max_positions": self.max_positions, "dtype": str(param.dtype).replace("torch.", ""),
                 "device": str(param.device), "attn_implementation": self.attn_implementation,
                 "torch": torch.__version__, "transformers": transformers.__version__}
+        return dict(self._identity)
 
     def __repr__(self) -> str:
         return (f"<Subject {self.name}: {self.adapter.name}, {self.n_layers} layers x {self.n_heads} heads, "

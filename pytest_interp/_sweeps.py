@@ -11,8 +11,8 @@ import torch
 from . import _records
 from ._cache import current as current_cache
 from ._errors import InterpError
-from ._experiments import (_metric, _stat_args, _subject, ablation_effect, cached_run, patch_effect,
-                           prepare_patch, run_parts)
+from ._experiments import (PreparedPatch, _metric, _stat_args, _subject, ablation_effect, cached_run,
+                           patch_effect, run_parts)
 from ._fast import Work, run_sites
 from ._interventions import Intervention, Mean, Patch, check_how
 from ._metrics import Metric
@@ -130,7 +130,7 @@ def patch_sweep(subject: Any, *, clean: Any, corrupt: Any, metric: Metric, layer
     if make is None:
         raise InterpError(f"patch_sweep kind {kind!r} is not supported", expected="'resid', 'attn' or 'mlp'",
                           seen=repr(kind), fix="pick one of the three")
-    prep = prepare_patch(subject, clean, corrupt, metric, into)
+    prep = PreparedPatch(subject, clean, corrupt, metric, into)
     seq = prep.target.shape[1]
     layers_l = list(range(subject.n_layers)) if layers is None else list(layers)
     positions_l = list(range(seq)) if positions is None else list(positions)

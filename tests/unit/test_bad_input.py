@@ -201,12 +201,7 @@ def test_bad_thresholds(tiny_llama, tokens):
         pi.assert_necessary(tiny_llama, pi.mlp(0), inputs=tokens, metric=LOSS, at_least="big")
 
 
-def test_ragged_text_is_refused(tmp_path):
-    from tests.helpers import INDUCTION
-
-    if not (INDUCTION / "tokenizer.json").exists():
-        pytest.skip("fixture model not built")
-    s = pi.load(INDUCTION)
+def test_ragged_text_is_refused(induction):
     with pytest.raises(pi.InterpError) as err:
-        pi.ablate(s, pi.mlp(0), inputs=["<bos> t1 t2 t3", "<bos> t1 t2"], metric=LOSS)
+        pi.ablate(induction, pi.mlp(0), inputs=["<bos> t1 t2 t3", "<bos> t1 t2"], metric=LOSS)
     check(err, "different lengths")
