@@ -62,6 +62,14 @@ def cached_run(subject: Subject, tokens: torch.Tensor, metric: Metric, score: An
     return current_cache().scores(run_parts(subject, tokens, metric), lambda: run(subject, tokens, [], score))
 
 
+def resolve_how(sites_t: tuple[Site, ...], how: Any) -> Intervention:
+    """The intervention to apply at ``sites_t``: ``how`` checked, or the default for those sites (the mean over
+    the inputs; removal after top-k for MoE experts)."""
+    from ._moe import resolve_how as moe_how
+
+    return moe_how(sites_t, None if how is None else check_how(how)) or Mean()
+
+
 def _to_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -76,12 +84,13 @@ def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: M
         sites: one site or several, ablated in the same forward pass.
         inputs: token ids [batch, seq] (or equal-length strings, with a tokenizer).
         metric: the behaviour score.
-        how: the intervention; default :class:`Mean` over the inputs.
+        how: the intervention; default :class:`Mean` over the inputs (for expert sites :class:`Remove`: the
+            expert is dropped after top-k and the token's other weights renormalised).
         alpha, seed: override the run-wide settings for this experiment.
     """
     subject, metric = _subject(subject), _metric(metric)
-    how = check_how(Mean() if how is None else how)
     sites_t = as_sites(sites)
+    how = resolve_how(sites_t, how)
     tokens = subject.tokens(inputs)
     for s in sites_t:
         check_site(subject, s, tokens)
@@ -124,6 +133,11 @@ def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: An
     """
     subject, metric = _subject(subject), _metric(metric)
     sites_t = as_sites(sites)
+    routed = [s for s in sites_t if s.kind in ("expert", "router")]
+    if routed:
+        raise InterpError(f"{routed[0]} cannot be patched", expected="a head, attn, mlp or resid site",
+                          seen=f"a {routed[0].kind} site", fix=f"patch the whole MoE block, pi.mlp({routed[0].layer}), "
+                          "or ablate the expert with pi.ablate(..., how=pi.Remove())")
     prep = PreparedPatch(subject, clean, corrupt, metric, into)
     for s in sites_t:
         check_site(subject, s, prep.target)

@@ -11,6 +11,8 @@ import torch
 
 from ._errors import InterpError, InterventionNoOpError
 from ._interventions import Replacement
+from ._moe import Route
+from ._moe import install as install_router
 from ._settings import settings
 from ._sites import Mask, Site, Slice
 
@@ -39,11 +41,9 @@ def check_site(subject: Any, site: Site, tokens: torch.Tensor) -> None:
         subject.adapter.router(site.layer)
         if site.kind == "expert" and not 0 <= site.index < (n_exp or 0):
             raise InterpError(f"expert {site.layer}.{site.index} is out of range",
-                              expected=f"an expert in 0..{(n_exp or 0) - 1}", seen=f"expert index {site.index}",
+                              expected=f"an expert in 0..{(n_exp or 0) - 1}",
+                              seen=f"expert index {site.index} on a model with {n_exp} experts per layer",
                               fix="count experts from 0")
-        raise InterpError(f"interventions on {site} are not available in this version",
-                          expected="a head, attn, mlp or resid site",
-                          seen=f"a {site.kind} site", fix="ablate the whole MoE block with pi.mlp(layer)")
     _position_mask(site, torch.arange(tokens.shape[0]), tokens.shape[0], tokens.shape[1], tokens.device)
 
 
@@ -91,13 +91,16 @@ class Edit:
     changed: bool = False
 
 
-def _apply(edit: Edit, act: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+def _apply(edit: Edit, act: Any, rows: torch.Tensor, batch: int) -> Any:
+    """``edit``'s replacement of ``act`` (an activation tensor, or a MoE Route) at the site's positions."""
     new = edit.fn(act, rows)
-    mask = _position_mask(edit.site, rows, batch, act.shape[1], act.device)
+    mask = _position_mask(edit.site, rows, batch, act.shape[1], rows.device)
+    routed = isinstance(act, Route)
     if mask is not None:
-        new = torch.where(mask[..., None], new, act)
+        mask = mask.to(act.index.device if routed else act.device)
+        new = new.where(mask, act) if routed else torch.where(mask[..., None], new, act)
     edit.fired += 1
-    if not edit.changed and not torch.equal(new, act):
+    if not edit.changed and not (new.equal(act) if routed else torch.equal(new, act)):
         edit.changed = True
     return new
 
@@ -127,6 +130,8 @@ def _install(subject: Any, site: Site, transform: Callable[[torch.Tensor], torch
             return None if new is None else (args, {**kwargs, "hidden_states": new})
 
         return ad.block(site.layer).register_forward_pre_hook(pre_kw, with_kwargs=True)
+    if site.kind == "expert":
+        return install_router(subject, site.layer, transform)
     if site.kind == "resid":
         module = ad.block(ad.n_layers - 1)
     elif site.kind == "attn":

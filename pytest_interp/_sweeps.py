@@ -11,10 +11,10 @@ import torch
 from . import _records
 from ._cache import current as current_cache
 from ._errors import InterpError
-from ._experiments import (PreparedPatch, _metric, _stat_args, _subject, ablation_effect, cached_run,
+from ._experiments import (PreparedPatch, _metric, _stat_args, _subject, ablation_effect, cached_run, resolve_how,
                            patch_effect, run_parts)
 from ._fast import Work, run_sites
-from ._interventions import Intervention, Mean, Patch, check_how
+from ._interventions import Intervention, Patch
 from ._metrics import Metric
 from ._runner import Edit, check_site
 from ._sites import Site, as_sites
@@ -102,8 +102,8 @@ def sweep(subject: Any, sites: Iterable[Site] | None = None, *, inputs: Any, met
     actually run. Inside a pytest session the sweep's grid is added to the HTML report as a heatmap.
     """
     subject, metric = _subject(subject), _metric(metric)
-    how = check_how(Mean() if how is None else how)
     sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
+    how = resolve_how(sites_t, how)
     tokens = subject.tokens(inputs)
     for s in sites_t:
         check_site(subject, s, tokens)
