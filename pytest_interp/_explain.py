@@ -163,7 +163,8 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
     midpoint Riemann sum with ``steps`` points (batched internally).
 
     Completeness: the attributions should sum to f(inputs) - f(baseline). The gap is ``details["delta"]`` per
-    example (and ``details["max_abs_delta"]``); it shrinks as ``steps`` grows.
+    example (and ``details["max_abs_delta"]``); it shrinks as ``steps`` grows. An InterpWarning says when it is
+    above 5% of |f(inputs) - f(baseline)|.
     """
     subject, tokens, ans = _prepare(subject, inputs, answer, position)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
@@ -171,7 +172,7 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
                           seen=repr(steps), fix="e.g. steps=32")
     bs = max(1, settings().batch_size)
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
-    scores, deltas = [], []
+    scores, deltas, gaps = [], [], []
     for i in range(tokens.shape[0]):
         x = _embed(subject, tokens[i:i + 1])[0]
         if baseline is None:
@@ -191,7 +192,18 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
             f = _answer_logprob(subject, torch.stack([x, base]), a_i.expand(2), position)
         scores.append(attr.sum(-1).cpu())
         deltas.append(float(attr.sum()) - float(f[0] - f[1]))
+        gaps.append(float(f[0] - f[1]))
     d = np.array(deltas)
+    spread = np.abs(np.array(gaps))
+    if bool((np.abs(d) > 0.05 * np.maximum(spread, 1e-3)).any()):
+        import warnings
+
+        from ._errors import InterpWarning
+
+        warnings.warn(f"integrated gradients has not converged: the attributions miss f(inputs) - f(baseline) by up "
+                      f"to {np.abs(d).max():.3g} (completeness delta) with {steps} steps; raise steps=, or use a token "
+                      f"baseline (baseline=<token id>): zero embeddings are a degenerate baseline for models that "
+                      f"normalise their input without adding position embeddings first", InterpWarning, stacklevel=2)
     return Attribution(torch.stack(scores).numpy(), "integrated_gradients", tokens, position,
                        {"delta": d, "max_abs_delta": float(np.abs(d).max()), "steps": steps,
                         "baseline": "zeros" if baseline is None else f"token {int(baseline)}"})
