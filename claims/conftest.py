@@ -17,3 +17,22 @@ def corrupted(repeated):
     first[:, 1:] |= repeated.first_half[:, :-1]  # the mask marks predictions; include each segment's last token
     tokens[first] = torch.randint(1, 64, (int(first.sum()),), generator=g)
     return tokens
+
+
+def fixture_module(name: str):
+    """A fixture model's training script (its data generators), importable without side effects."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parent.parent / "fixtures")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module")
+def lookups():
+    """256 pair-lookup sequences for fixtures/moe-mixtral: (tokens [256, 31], scored [256, 31]); `scored` marks
+    the b positions, whose next token c = f(a, b) needs both a and b."""
+    return fixture_module("train_moe_mixtral").make_batch(256, 2024)

@@ -8,6 +8,30 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 INDUCTION = FIXTURES / "induction-llama"
 POSITIONAL = FIXTURES / "positional-gpt2"
+MOE = FIXTURES / "moe-mixtral"
+RETRIEVAL = FIXTURES / "retrieval-llama"
+FACTS = FIXTURES / "facts-gpt2"
+
+
+def fixture_module(name: str):
+    """A fixture model's training or measuring script (data generators, reference code), imported."""
+    import importlib
+    import sys
+
+    if str(FIXTURES) not in sys.path:
+        sys.path.insert(0, str(FIXTURES))
+    return importlib.import_module(name)
+
+
+def shipped(path: Path):
+    """Load a shipped fixture model, failing (not skipping) when it is missing."""
+    import pytest
+
+    if not (path / "config.json").exists():
+        pytest.fail(f"{path.relative_to(ROOT)} is missing: run its training script in fixtures/")
+    import pytest_interp as pi
+
+    return pi.load(path)
 
 ARCHS = ["gpt2", "llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "gpt_neox", "bert"]
 
