@@ -2,7 +2,8 @@
 
 For an intervention at layer l, blocks below l see exactly the clean inputs, so their outputs are taken from one
 clean pass instead of being recomputed (the blocks' forward is replaced, for that pass, by a function returning
-the cached output). Sites of the same layer are packed into one forward pass: the batch is repeated once per
+the cached output). In a causal model an intervention at position p cannot change positions before p at any
+layer: the pass starts at p, reading the earlier positions' keys and values from the clean run's cache. Sites of the same layer are packed into one forward pass: the batch is repeated once per
 site and each site's hook edits only its own copy, which is where accelerators gain most.
 """
 
@@ -64,32 +65,66 @@ def start_layer(edit: Edit, n_layers: int) -> int:
     return min(edit.site.layer, n_layers)
 
 
-def _capture_blocks(subject: Any, chunk: torch.Tensor) -> tuple[list[Any], torch.Tensor]:
-    """One clean pass: every block's output object, and the logits."""
+def start_position(edit: Edit, seq: int) -> int:
+    """In a causal model, the first position whose computation the edit can change (0 when it covers all)."""
+    pos = edit.site.positions
+    if edit.site.kind in ("expert", "router"):
+        return 0
+    if isinstance(pos, int):
+        return pos % seq
+    if isinstance(pos, tuple) and pos:
+        return min(p % seq for p in pos)
+    return 0
+
+
+def _capture_blocks(subject: Any, chunk: torch.Tensor, keep_cache: bool,
+                    head: dict[str, Any]) -> tuple[list[Any], torch.Tensor, Any]:
+    """One clean pass: every block's output object, the logits, and (``keep_cache``) the key/value cache."""
     outs: list[Any] = [None] * subject.n_layers
     handles = [subject.adapter.block(i).register_forward_hook(
         lambda m, a, o, i=i: outs.__setitem__(i, o)) for i in range(subject.n_layers)]
     with _hooks(subject, handles):
-        logits = _finite(_logits(subject.forward(chunk)), "clean run")
-    return outs, logits
+        out = subject.forward(chunk, use_cache=True, **head) if keep_cache else subject.forward(chunk, **head)
+        logits = _finite(_logits(out), "clean run")
+    return outs, logits, _plain_cache(getattr(out, "past_key_values", None)) if keep_cache else None
 
 
-def _repeat(output: Any, k: int) -> Any:
+def _plain_cache(cache: Any) -> Any:
+    """The cache if every layer is a plain (full-attention) key/value layer whose prefix can be reused."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if not isinstance(cache, DynamicCache) or not cache.layers:
+        return None
+    if any(type(layer) is not DynamicLayer or getattr(layer, "keys", None) is None for layer in cache.layers):
+        return None
+    return cache
+
+
+def _prefix_cache(cache: Any, p: int, k: int) -> Any:
+    """A fresh cache holding the first ``p`` positions of ``cache``, its batch repeated ``k`` times."""
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(lay.keys[:, :, :p].repeat(k, 1, 1, 1), lay.values[:, :, :p].repeat(k, 1, 1, 1))
+                                        for lay in cache.layers])
+
+
+def _repeat(output: Any, k: int, p: int = 0) -> Any:
     if isinstance(output, torch.Tensor):
-        return output.repeat(k, *([1] * (output.dim() - 1)))
+        return output[:, p:].repeat(k, *([1] * (output.dim() - 1)))
     if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor) and \
             all(x is None for x in output[1:]):
-        return (_repeat(output[0], k), *output[1:])
+        return (_repeat(output[0], k, p), *output[1:])
     return None  # an output we cannot replay: recompute the block
 
 
 @contextmanager
-def _replay(subject: Any, outputs: list[Any], below: int, k: int) -> Iterator[None]:
-    """Blocks < ``below`` return their cached clean outputs (repeated ``k`` times) instead of computing."""
+def _replay(subject: Any, outputs: list[Any], below: int, k: int, p: int = 0) -> Iterator[None]:
+    """Blocks < ``below`` return their cached clean outputs (positions >= ``p``, repeated ``k`` times) instead of
+    computing."""
     saved = []
     try:
         for i in range(below):
-            replay = _repeat(outputs[i], k)
+            replay = _repeat(outputs[i], k, p)
             if replay is None:
                 continue
             block = subject.adapter.block(i)
@@ -106,22 +141,32 @@ def _replay(subject: Any, outputs: list[Any], below: int, k: int) -> Iterator[No
 
 def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *, needs_clean: bool,
               pack: int | None = None, reuse_prefix: bool = True) -> tuple[list[torch.Tensor], Work]:
-    """Scores of each single-site edit in ``edits`` (one list entry per edit), and the work done."""
+    """Scores of each single-site edit in ``edits`` (one list entry per edit), and the work done.
+
+    An edit at layer l and position p (causal models) runs only blocks >= l on positions >= p: blocks below l
+    return their clean outputs, and positions before p come from the clean run's key/value cache and logits.
+    When the metric reads only the last position, the LM head runs only there.
+    """
     n_layers = subject.n_layers
     batch, seq = tokens.shape
     work = Work(naive=len(edits) * n_layers * batch * seq)
     parts: list[list[torch.Tensor]] = [[] for _ in edits]
-    order = sorted(range(len(edits)), key=lambda i: start_layer(edits[i], n_layers))
+    causal = bool(subject.adapter.causal) and reuse_prefix
+    starts = [(start_layer(e, n_layers) if reuse_prefix else 0, start_position(e, seq) if causal else 0)
+              for e in edits]
+    order = sorted(range(len(edits)), key=lambda i: starts[i])
+    head = subject.head_kwargs(score)  # the LM head only where the metric reads
     progress = Progress(len(edits) * len(range(0, batch, settings().batch_size)), "pytest-interp sweep")
     for rows in _chunks(batch):
         chunk = tokens[rows.to(tokens.device)]
         b = chunk.shape[0]
         k_max = pack or max(1, settings().batch_size // b)
-        outputs, clean_logits = _capture_blocks(subject, chunk)
-        groups: dict[int, list[int]] = {}
+        outputs, clean_logits, cache = _capture_blocks(subject, chunk, any(p for _, p in starts), head)
+        groups: dict[tuple[int, int], list[int]] = {}
         for i in order:
-            groups.setdefault(start_layer(edits[i], n_layers) if reuse_prefix else 0, []).append(i)
-        for layer, members in groups.items():
+            layer, p = starts[i]
+            groups.setdefault((layer, p if cache is not None else 0), []).append(i)
+        for (layer, p), members in groups.items():
             for j in range(0, len(members), k_max):
                 pack_ids = members[j:j + k_max]
                 k = len(pack_ids)
@@ -131,10 +176,15 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                         e = edits[i]
                         lo, hi = slot * b, (slot + 1) * b
 
-                        def transform(act: torch.Tensor, e: Edit = e, lo: int = lo, hi: int = hi,
-                                      rows: torch.Tensor = rows) -> torch.Tensor:
+                        def transform(act: Any, e: Edit = e, lo: int = lo, hi: int = hi, rows: torch.Tensor = rows,
+                                      p: int = p) -> Any:
                             new = act.clone()
-                            new[lo:hi] = _apply(e, act[lo:hi], rows, batch)
+                            part = act[lo:hi]
+                            if p:  # the edit sees full-length activations; positions < p are not in this pass
+                                part = torch.cat([part.new_zeros(part.shape[0], p, *part.shape[2:]), part], 1)
+                                new[lo:hi] = _apply(e, part, rows, batch)[:, p:]
+                            else:
+                                new[lo:hi] = _apply(e, part, rows, batch)
                             return new
 
                         handles.append(_install(subject, e.site, transform))
@@ -142,9 +192,17 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                     for h in handles:
                         h.remove()
                     raise
-                with _hooks(subject, handles), _replay(subject, outputs, layer, k):
-                    logits = _finite(_logits(subject.forward(chunk.repeat(k, 1))), "intervened run")
-                work.run += k * (n_layers - layer) * b * seq
+                with _hooks(subject, handles), _replay(subject, outputs, layer, k, p):
+                    if p:
+                        positions = torch.arange(p, seq, device=chunk.device)[None].expand(k * b, -1)
+                        out = subject.forward(chunk[:, p:].repeat(k, 1), past_key_values=_prefix_cache(cache, p, k),
+                                              position_ids=positions, use_cache=True, **head)
+                        logits = _logits(out) if head else torch.cat([clean_logits[:, :p].repeat(k, 1, 1),
+                                                                      _logits(out)], 1)
+                    else:
+                        logits = _logits(subject.forward(chunk.repeat(k, 1), **head))
+                    logits = _finite(logits, "intervened run")
+                work.run += k * (n_layers - layer) * b * (seq - p)
                 dev_rows = rows.to(tokens.device)
                 for slot, i in enumerate(pack_ids):
                     part = logits[slot * b:(slot + 1) * b]

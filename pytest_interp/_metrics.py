@@ -172,6 +172,7 @@ class _Answer(Metric):
                 return last.gather(-1, a[:, None])[:, 0] - last.gather(-1, ids["wrong"][rows][:, None])[:, 0]
             return torch.log_softmax(last, -1).gather(-1, a[:, None])[:, 0]
 
+        score.last_only = self.position in (-1, t - 1)  # type: ignore[attr-defined]  # the LM head may skip the rest
         return score
 
 

@@ -188,9 +188,10 @@ def run(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *
     """Run ``tokens`` with ``edits`` applied; return ``score(logits, rows, clean_logits)`` for every example."""
     batch = tokens.shape[0]
     out = []
+    head = subject.head_kwargs(score)
     for rows in _chunks(batch):
         chunk = tokens[rows.to(tokens.device)]
-        clean = _finite(_logits(subject.forward(chunk)), "clean run") if needs_clean or not edits else None
+        clean = _finite(_logits(subject.forward(chunk, **head)), "clean run") if needs_clean or not edits else None
         if edits:
             handles = []
             try:
@@ -201,7 +202,7 @@ def run(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *
                     h.remove()
                 raise
             with _hooks(subject, handles):
-                logits = _finite(_logits(subject.forward(chunk)), "intervened run")
+                logits = _finite(_logits(subject.forward(chunk, **head)), "intervened run")
         else:
             logits = clean
         out.append(score(logits, rows.to(tokens.device), clean).detach())

@@ -34,6 +34,7 @@ class Subject:
         self._fingerprint_state: tuple[Any, ...] = ()
         self._identity: dict[str, Any] | None = None
         self.clean_memo: dict[tuple[Any, ...], Any] = {}
+        self._keeps_logits: bool | None = None
 
     # sizes -------------------------------------------------------------------------------------------
     @property
@@ -191,6 +192,19 @@ class Subject:
         return t
 
     # running -----------------------------------------------------------------------------------------
+    def head_kwargs(self, score: Any) -> dict[str, Any]:
+        """Forward arguments that run the LM head only where ``score`` reads the logits (the last position)."""
+        if not getattr(score, "last_only", False) or not self.adapter.causal:
+            return {}
+        if self._keeps_logits is None:
+            import inspect
+
+            try:
+                self._keeps_logits = "logits_to_keep" in inspect.signature(type(self.model).forward).parameters
+            except (TypeError, ValueError):
+                self._keeps_logits = False
+        return {"logits_to_keep": 1} if self._keeps_logits else {}
+
     def forward(self, tokens: torch.Tensor, **kwargs: Any) -> Any:
         """One forward pass without gradients; returns the model output."""
         if self.adapter.causal:
