@@ -180,6 +180,23 @@ _HOW_TO_REGISTER = (
     "mlp='mlp')")
 
 
+def spec_for_config(config: Any) -> Adapter | None:
+    """The built-in adapter for a config without loading the model, or None when a user hook might decide
+    (hooks see the model object) or the architecture is not built in."""
+    for caller in (*_active_hook, _pm.hook.pytest_interp_adapter):
+        if caller.get_hookimpls():
+            return None
+    return BUILTIN.get(getattr(config, "model_type", None))
+
+
+def config_sizes(spec: Adapter, config: Any) -> dict[str, Any]:
+    """Layer, head and expert counts from the config (as BoundAdapter reads them), None where unknown."""
+    return {"n_layers": spec.n_layers or _first_attr(config, ("num_hidden_layers", "n_layer", "num_layers")),
+            "n_heads": spec.n_heads or _first_attr(config, ("num_attention_heads", "n_head", "num_heads")),
+            "n_experts": spec.n_experts or _first_attr(config, ("num_local_experts", "num_experts")),
+            "top_k": spec.top_k or _first_attr(config, ("num_experts_per_tok",))}
+
+
 def adapter_for(model: Any) -> BoundAdapter:
     """Find the adapter for ``model``: user hooks first (pytest's, then pi.adapters.register), then built-ins."""
     for caller in (*_active_hook, _pm.hook.pytest_interp_adapter):

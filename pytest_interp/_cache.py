@@ -74,6 +74,7 @@ class RunCache:
     writes: int = 0
     bad: int = 0
     _versions: dict[str, str] = field(default_factory=dict)
+    _file_hashes: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,6 +82,30 @@ class RunCache:
                               fix="set --interp-cache-mode to one of them")
         if self.directory is None:
             self.mode = "off"
+
+    def file_hashes(self) -> dict[str, str]:
+        """Memoised sha256 of checkpoint files, keyed by path, size, mtime and inode (kept in the cache dir)."""
+        if self._file_hashes is None:
+            self._file_hashes = {}
+            if self.directory is not None and self.reads:
+                try:
+                    data = json.loads((Path(self.directory) / "file-hashes.json").read_text())
+                    if isinstance(data, dict):
+                        self._file_hashes = {str(k): str(v) for k, v in data.items()}
+                except (OSError, ValueError):
+                    pass
+        return self._file_hashes
+
+    def save_file_hashes(self, memo: dict[str, str]) -> None:
+        self._file_hashes = memo
+        if self.directory is None or not self.writes_enabled:
+            return
+        from ._files import write_atomic
+
+        try:
+            write_atomic(Path(self.directory) / "file-hashes.json", json.dumps(memo, sort_keys=True, indent=1))
+        except OSError:
+            pass  # a memo that cannot be written only costs a re-hash next time
 
     @property
     def reads(self) -> bool:

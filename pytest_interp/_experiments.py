@@ -48,11 +48,11 @@ def run_parts(subject: Subject, tokens: torch.Tensor, metric: Metric, sites_t: t
         mspec = metric.cache_spec()
         if mspec is None:
             return None
-        spec = subject.adapter.spec
+        spec = subject.adapter_spec
         return {"model": subject.fingerprint, "adapter": [spec.name, spec.layers, spec.attn_out, spec.mlp],
                 "tokens": tensor_digest(tokens), "metric": mspec, "sites": [site_key(s) for s in sites_t],
                 "intervention": how.spec() if how is not None else "clean",
-                "dtype": str(next(subject.model.parameters()).dtype), "device": str(subject.device),
+                "dtype": subject.dtype_key, "device": str(subject.device),
                 "batch_size": settings().batch_size, "attn": subject.attn_implementation}
     return parts
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ._adapters import BoundAdapter, adapter_for
+from ._adapters import BoundAdapter, adapter_for, config_sizes, spec_for_config
 from ._errors import InterpError, InterpWarning
 from ._settings import settings
 
@@ -24,26 +24,85 @@ class Subject:
     Build one with :func:`pytest_interp.load`.
     """
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, path: str | None = None) -> None:
-        self.model = model
+    def __init__(self, model: Any = None, tokenizer: Any = None, *, path: str | None = None,
+                 loader: Any = None, config: Any = None, device: str | None = None, dtype_key: str | None = None,
+                 attn_implementation: str = "eager") -> None:
+        self._model = model
+        self._loader = loader
         self.tokenizer = tokenizer
         self.path = path
-        self.adapter: BoundAdapter = adapter_for(model)
-        self.config = model.config
+        self.config = model.config if model is not None else config
+        self._adapter: BoundAdapter | None = adapter_for(model) if model is not None else None
+        self._spec = spec_for_config(config) if model is None else None
+        self._sizes = config_sizes(self._spec, config) if self._spec is not None else {}
+        self._device = device
+        self._dtype_key = dtype_key
+        self._attn = attn_implementation
+        self._loaded_state: tuple[Any, ...] | None = None
         self._fingerprint: str | None = None
         self._fingerprint_state: tuple[Any, ...] = ()
+        self._file_fingerprint: str | None = None
         self._identity: dict[str, Any] | None = None
         self.clean_memo: dict[tuple[Any, ...], Any] = {}
         self._keeps_logits: bool | None = None
+        if model is None and (self._spec is None or not self._sizes.get("n_layers") or not self._sizes.get("n_heads")):
+            self.model  # noqa: B018 - sizes or adapter need the model itself: load it now
+
+    # loading -----------------------------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        """The torch model; a subject loaded from a directory reads its weights on first use, so runs served
+        entirely from the run cache never load them."""
+        if self._model is None:
+            model = self._loader()
+            model.eval()
+            if self._device is not None:
+                model.to(self._device)
+            self._model, self.config = model, model.config
+            self._adapter = adapter_for(model)
+            self._loaded_state = self._weights_state()
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory."""
+        return self._model is not None
+
+    @property
+    def adapter(self) -> BoundAdapter:
+        self.model  # noqa: B018
+        assert self._adapter is not None
+        return self._adapter
+
+    @property
+    def adapter_spec(self) -> Any:
+        return self._adapter.spec if self._adapter is not None else self._spec
+
+    def _weights_state(self) -> tuple[Any, ...]:
+        return (self._config_json(), tuple((t.data_ptr(), t._version) for t in self._model.state_dict().values()))
+
+    def _config_json(self) -> str:
+        return json.dumps({k: v for k, v in self.config.to_dict().items()
+                           if not k.startswith("_") and k not in ("name_or_path", "transformers_version", "dtype",
+                                                                   "torch_dtype", "attn_implementation",
+                                                                   "architectures")}, sort_keys=True, default=str)
 
     # sizes -------------------------------------------------------------------------------------------
     @property
     def n_layers(self) -> int:
-        return self.adapter.n_layers
+        return self._adapter.n_layers if self._adapter is not None else int(self._sizes["n_layers"])
 
     @property
     def n_heads(self) -> int:
-        return self.adapter.n_heads
+        return self._adapter.n_heads if self._adapter is not None else int(self._sizes["n_heads"])
+
+    @property
+    def n_experts(self) -> int | None:
+        return self._adapter.n_experts if self._adapter is not None else self._sizes.get("n_experts")
+
+    @property
+    def top_k(self) -> int | None:
+        return self._adapter.top_k if self._adapter is not None else self._sizes.get("top_k")
 
     @property
     def vocab_size(self) -> int:
@@ -59,26 +118,48 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        if self._model is None:
+            return torch.device(self._device or "cpu")
+        return next(self._model.parameters()).device
+
+    @property
+    def dtype_key(self) -> str:
+        """The weights' dtype as reports and the run cache record it: for a checkpoint, the dtype requested of
+        the loader or stored in its config (the same request on the same files loads the same dtype), else the
+        tensors' dtype."""
+        if self._dtype_key is not None:
+            return self._dtype_key
+        return str(next(self.model.parameters()).dtype).replace("torch.", "")
+
+    @property
+    def class_name(self) -> str:
+        if self._model is not None:
+            return type(self._model).__name__
+        return str((getattr(self.config, "architectures", None) or ["?"])[0])
 
     @property
     def name(self) -> str:
-        return self.path or getattr(self.config, "_name_or_path", "") or type(self.model).__name__
+        return self.path or getattr(self.config, "_name_or_path", "") or self.class_name
 
     @property
     def attn_implementation(self) -> str:
+        if self._model is None:
+            return self._attn
         return str(getattr(self.config, "_attn_implementation", None) or "eager")
 
     @property
     def fingerprint(self) -> str:
         """sha256 over the config and every weight: identifies the model, not its path.
 
-        Recomputed whenever a weight tensor is replaced or modified in place (tracked by torch's version
-        counters), so an edited model never matches its old cache entries."""
-        cfg = json.dumps({k: v for k, v in self.config.to_dict().items()
-                          if not k.startswith("_") and k not in ("name_or_path", "transformers_version", "dtype",
-                                                                  "torch_dtype", "attn_implementation",
-                                                                  "architectures")}, sort_keys=True, default=str)
+        For a checkpoint whose weights are as loaded, it is computed from the files (config.json and the weight
+        files, memoised by their size and modification time in the run cache), so a warm run need not load them.
+        Once a weight tensor is replaced or modified in place (tracked by torch's version counters), it is
+        recomputed from the tensors, so an edited model never matches its old cache entries."""
+        if self.path is not None and (self._model is None or self._weights_state() == self._loaded_state):
+            if self._file_fingerprint is None:
+                self._file_fingerprint = _files_fingerprint(Path(self.path))
+            return self._file_fingerprint
+        cfg = self._config_json()
         state = (cfg, tuple((t.data_ptr(), t._version) for t in self.model.state_dict().values()))
         if state != self._fingerprint_state:
             self._fingerprint, self._fingerprint_state = None, state
@@ -101,17 +182,16 @@ class Subject:
             return dict(self._identity)
         import transformers
 
-        param = next(self.model.parameters())
-        self._identity = {"name": self.name, "fingerprint": fingerprint, "architecture": self.adapter.name,
-                "class": type(self.model).__name__, "layers": self.n_layers, "heads": self.n_heads,
-                "experts": self.adapter.n_experts, "top_k": self.adapter.top_k, "vocab_size": self.vocab_size,
-                "max_positions": self.max_positions, "dtype": str(param.dtype).replace("torch.", ""),
-                "device": str(param.device), "attn_implementation": self.attn_implementation,
+        self._identity = {"name": self.name, "fingerprint": fingerprint, "architecture": self.adapter_spec.name,
+                "class": self.class_name, "layers": self.n_layers, "heads": self.n_heads,
+                "experts": self.n_experts, "top_k": self.top_k, "vocab_size": self.vocab_size,
+                "max_positions": self.max_positions, "dtype": self.dtype_key.replace("torch.", ""),
+                "device": str(self.device), "attn_implementation": self.attn_implementation,
                 "torch": torch.__version__, "transformers": transformers.__version__}
         return dict(self._identity)
 
     def __repr__(self) -> str:
-        return (f"<Subject {self.name}: {self.adapter.name}, {self.n_layers} layers x {self.n_heads} heads, "
+        return (f"<Subject {self.name}: {self.adapter_spec.name}, {self.n_layers} layers x {self.n_heads} heads, "
                 f"vocab {self.vocab_size}, attention {self.attn_implementation}>")
 
     # inputs ------------------------------------------------------------------------------------------
@@ -278,25 +358,69 @@ def load(path_or_model: Any, tokenizer: Any = None, *, attn_implementation: str 
                               seen="missing directory" if not path.exists() else
                               f"directory with {sorted(p.name for p in path.iterdir())[:8]}",
                               fix="pass the path of a local Hugging Face model directory (no hub downloads)")
-        model = _from_pretrained(path, attn_implementation, dtype)
+        from transformers import AutoConfig
+
         if tokenizer is None and any((path / f).exists() for f in _TOKENIZER_FILES):
             tokenizer = path
-        path_str = str(path)
-    else:
-        model = path_or_model
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
-            raise InterpError("pi.load got neither a path nor a transformers model",
-                              expected="a local HF directory or a PreTrainedModel",
-                              seen=type(model).__name__, fix="pass a path or a loaded model")
-        path_str = None
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = _tokenizer(tokenizer)
+        try:
+            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except (ValueError, OSError) as exc:
+            raise InterpError(f"cannot read the config at {str(path)!r}", expected="a transformers config.json",
+                              seen=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                              fix="check the checkpoint directory") from None
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        dtype_key = str(dtype if dtype is not None else stored or "as stored").replace("torch.", "")
+        return Subject(None, tokenizer, path=str(path), config=config, device=device, dtype_key=dtype_key,
+                       attn_implementation=attn_implementation,
+                       loader=lambda: _from_pretrained(path, attn_implementation, dtype))
+    model = path_or_model
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise InterpError("pi.load got neither a path nor a transformers model",
+                          expected="a local HF directory or a PreTrainedModel",
+                          seen=type(model).__name__, fix="pass a path or a loaded model")
     if isinstance(tokenizer, (str, os.PathLike)):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        tokenizer = _tokenizer(tokenizer)
     model.eval()
-    if device is not None and path_str is not None:
-        model.to(device)
-    return Subject(model, tokenizer, path=path_str)
+    return Subject(model, tokenizer)
+
+
+def _tokenizer(path: Any) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
+
+
+def _files_fingerprint(path: Path) -> str:
+    """sha256 over config.json and the weight files of a checkpoint directory (each file's own hash memoised
+    by path, size, modification time and inode in the run cache directory)."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or
+                                                                  p.name.endswith(_WEIGHT_SUFFIXES)))
+    h = hashlib.sha256(b"pytest-interp checkpoint files v1\n")
+    for f in files:
+        h.update(f.name.encode() + b"\0" + _file_sha256(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _file_sha256(f: Path) -> str:
+    from ._cache import current
+
+    st = f.stat()
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    memo = current().file_hashes()
+    if key in memo:
+        return memo[key]
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    memo[key] = h.hexdigest()
+    current().save_file_hashes(memo)
+    return memo[key]
 
 
 def _from_pretrained(path: Path, attn_implementation: str, dtype: Any) -> Any:

@@ -45,6 +45,7 @@ def test_every_key_part_matters(cache, tiny_llama, tokens):
 
 def test_a_one_element_weight_change_never_hits(cache, tokens, tmp_path):
     model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "original")
     subject = pi.load(model)
     before = ablate(subject, tokens)
     with torch.no_grad():
@@ -52,12 +53,22 @@ def test_a_one_element_weight_change_never_hits(cache, tokens, tmp_path):
     after = ablate(subject, tokens)
     assert cache.hits == 0 and after.mean != before.mean
     # and through from_pretrained: a checkpoint with one changed element is another model
-    path = tmp_path / "changed"
-    model.save_pretrained(path)
-    reloaded = pi.load(path)
-    assert reloaded.fingerprint == subject.fingerprint
-    assert ablate(reloaded, tokens).mean == pytest.approx(after.mean, abs=1e-6)
-    assert cache.hits == 2
+    model.save_pretrained(tmp_path / "changed")
+    original, changed = pi.load(tmp_path / "original"), pi.load(tmp_path / "changed")
+    assert original.fingerprint != changed.fingerprint
+    assert ablate(original, tokens).mean == pytest.approx(before.mean, abs=1e-6)
+    assert ablate(changed, tokens).mean == pytest.approx(after.mean, abs=1e-6)
+    assert original.loaded and changed.loaded
+    # loading the checkpoint again (as a warm run does): served from the cache without reading the weights
+    hits = cache.hits
+    again = pi.load(tmp_path / "changed")
+    assert ablate(again, tokens).mean == pytest.approx(after.mean, abs=1e-6)
+    assert cache.hits == hits + 2 and not again.loaded
+    # editing a loaded checkpoint's weights in place makes it another model again
+    with torch.no_grad():
+        again.model.model.layers[1].self_attn.o_proj.weight[0, 20] -= 1.0
+    assert again.fingerprint != changed.fingerprint
+    assert ablate(again, tokens).mean == pytest.approx(before.mean, abs=1e-6)
 
 
 def test_corrupt_entry_is_recomputed_with_a_warning(cache, tiny_llama, tokens):
