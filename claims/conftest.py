@@ -36,3 +36,32 @@ def lookups():
     """256 pair-lookup sequences for fixtures/moe-mixtral: (tokens [256, 31], scored [256, 31]); `scored` marks
     the b positions, whose next token c = f(a, b) needs both a and b."""
     return fixture_module("train_moe_mixtral").make_batch(256, 2024)
+
+
+def _prompts(n: int, seed: int, variant: str):
+    import pytest_interp as pi
+
+    out = []
+    for p in fixture_module("train_retrieval_llama").make_prompts(n, seed, variant=variant):
+        segments, doc = [], 0
+        for kind, text in p["segments"]:
+            name = "gold" if kind == "doc" and doc == p["queried"] else None
+            doc += kind == "doc"
+            segments.append((kind, text, name) if name else (kind, text))
+        out.append(pi.Prompt(*segments, answer=p["answer"]))
+    return out, p
+
+
+@pytest.fixture(scope="module")
+def rag():
+    """(prompts, distractor) for fixtures/retrieval-llama: 192 prompts of three documents and a question about
+    one of them (named "gold"); `distractor[i]` is the index of a document prompt i does not ask about."""
+    raw = fixture_module("train_retrieval_llama").make_prompts(192, 11)
+    prompts, _ = _prompts(192, 11, "docs")
+    return prompts, [(p["queried"] + 1) % 3 for p in raw]
+
+
+@pytest.fixture(scope="module")
+def tool_prompts():
+    """128 prompts of two documents, a tool call and its output, and a question answered by the output."""
+    return _prompts(128, 12, "tool")[0]

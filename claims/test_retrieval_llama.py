@@ -1,0 +1,52 @@
+"""Pre-registered claims about fixtures/retrieval-llama (ground truth: fixtures/retrieval-llama/CARD.md).
+
+Prompts: `<bos> [DOC] k v [DOC] k v [DOC] k v [Q] k [A]` -> the value of the queried key, or with a tool call
+and its output in place of the third document. Keys and values are random per prompt, so the answer can only come
+from the context. The metric is the answer's log-probability; removal is by deleting the segment's tokens unless
+a claim says it masks them out of attention instead.
+"""
+
+import pytest
+
+import pytest_interp as pi
+
+pytestmark = pytest.mark.interp_model("fixtures/retrieval-llama")
+
+
+def test_the_queried_document_is_necessary(subject, rag):
+    prompts, _ = rag
+    pi.assert_document_necessary(subject, prompts, "gold", at_least=3.0)
+
+
+def test_the_queried_document_is_necessary_when_masked_out_of_attention(subject, rag):
+    prompts, _ = rag
+    pi.assert_document_necessary(subject, prompts, "gold", at_least=3.0, method="mask")
+
+
+def test_a_document_not_asked_about_is_unused(subject, rag):
+    prompts, distractor = rag
+    pi.assert_document_unused(subject, prompts, distractor, within=0.01)
+
+
+def test_the_tool_output_is_necessary(subject, tool_prompts):
+    pi.assert_tool_output_necessary(subject, tool_prompts, at_least=3.0)
+
+
+def test_documents_are_unused_when_the_tool_answers(subject, tool_prompts):
+    pi.assert_document_unused(subject, tool_prompts, 0, within=0.01)
+
+
+def test_layer_0_attends_to_documents_the_answer_does_not_use(subject, rag):
+    # provenance is not reliance: in layer 0 the answer position attends to every document about equally
+    prompts, distractor = rag
+    asked_last = [p for p, d in zip(prompts, distractor) if d == 0]  # queried document 2; document 0 is not
+    table = pi.provenance(subject, asked_last, layers=[0])
+    assert table["document 0"].attention >= 0.5 * table["document 2"].attention
+    pi.assert_document_unused(subject, asked_last, 0, within=0.01)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="removing a document the question does not ask about leaves accuracy at 1.0")
+def test_false_every_document_is_necessary(subject, rag):
+    prompts, distractor = rag
+    pi.assert_document_necessary(subject, prompts, distractor, at_least=0.5, metric="accuracy")
