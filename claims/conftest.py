@@ -65,3 +65,10 @@ def rag():
 def tool_prompts():
     """128 prompts of two documents, a tool call and its output, and a question answered by the output."""
     return _prompts(128, 12, "tool")[0]
+
+
+@pytest.fixture(scope="module")
+def rag_batch(subject):
+    """64 document prompts (seed 22) as token ids with their answers, for attribution faithfulness claims."""
+    raw = fixture_module("train_retrieval_llama").make_prompts(64, 22)
+    return subject.tokens([p["text"] for p in raw]), [p["answer"] for p in raw]

@@ -157,10 +157,12 @@ def grad_x_input(subject: Any, inputs: Any, answer: Any, *, position: int = -1) 
 
 
 def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int = 32, baseline: Any = None,
-                         position: int = -1) -> Attribution:
+                         fixed: Any = None, position: int = -1) -> Attribution:
     """Integrated gradients (Sundararajan et al., 2017) of the answer's log-probability along the straight path
     from a baseline (zero embeddings, or the embedding of token id ``baseline`` at every position) to the inputs,
-    midpoint Riemann sum with ``steps`` points (batched internally).
+    midpoint Riemann sum with ``steps`` points (batched internally). ``fixed`` (positions, or a bool mask
+    ``[batch, seq]``) keeps those tokens at their input embedding along the whole path (e.g. ``fixed=[0]`` for a
+    BOS token): they get no attribution.
 
     Completeness: the attributions should sum to f(inputs) - f(baseline). The gap is ``details["delta"]`` per
     example (and ``details["max_abs_delta"]``); it shrinks as ``steps`` grows. An InterpWarning says when it is
@@ -170,29 +172,34 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise InterpError("integrated gradients needs at least 2 steps", expected="steps >= 2 (typically 20-300)",
                           seen=repr(steps), fix="e.g. steps=32")
+    n, t = tokens.shape
+    keep = _fixed_mask(fixed, n, t).to(tokens.device)
     bs = max(1, settings().batch_size)
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
+    per = max(1, bs // steps)  # examples per chunk
     scores, deltas, gaps = [], [], []
-    for i in range(tokens.shape[0]):
-        x = _embed(subject, tokens[i:i + 1])[0]
+    for i in range(0, n, per):
+        x = _embed(subject, tokens[i:i + per])  # [m, t, d]
+        m = x.shape[0]
         if baseline is None:
             base = torch.zeros_like(x)
         else:
-            b_ids = subject.token_ids([int(baseline)] * x.shape[0], name="baseline")
-            base = _embed(subject, b_ids[None])[0]
+            b_ids = subject.token_ids([int(baseline)] * t, name="baseline")
+            base = _embed(subject, b_ids[None]).expand(m, -1, -1)
+        base = torch.where(keep[i:i + m, :, None], x, base)
+        a_i = ans[i:i + m]
         total = torch.zeros_like(x, dtype=torch.float64)
-        a_i = ans[i:i + 1]
-        for j in range(0, steps, bs):
-            a = alphas[j:j + bs].to(x.dtype).to(x.device)
-            path = base[None] + a[:, None, None] * (x - base)[None]
-            g, _ = _grads(subject, path, a_i.expand(len(a)), position)
-            total += g.double().sum(0)
+        for j in range(0, steps, max(1, bs // m)):
+            a = alphas[j:j + max(1, bs // m)].to(x.dtype).to(x.device)  # [s]
+            path = base[None] + a[:, None, None, None] * (x - base)[None]  # [s, m, t, d]
+            g, _ = _grads(subject, path.reshape(-1, t, x.shape[-1]), a_i.repeat(len(a)), position)
+            total += g.double().reshape(len(a), m, t, -1).sum(0)
         attr = (total / steps) * (x - base).double()
         with torch.no_grad():
-            f = _answer_logprob(subject, torch.stack([x, base]), a_i.expand(2), position)
+            f = _answer_logprob(subject, torch.cat([x, base]), a_i.repeat(2), position)
         scores.append(attr.sum(-1).cpu())
-        deltas.append(float(attr.sum()) - float(f[0] - f[1]))
-        gaps.append(float(f[0] - f[1]))
+        deltas += (attr.sum((1, 2)) - (f[:m] - f[m:]).double()).cpu().tolist()
+        gaps += (f[:m] - f[m:]).double().cpu().tolist()
     d = np.array(deltas)
     spread = np.abs(np.array(gaps))
     if bool((np.abs(d) > 0.05 * np.maximum(spread, 1e-3)).any()):
@@ -202,11 +209,31 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
 
         warnings.warn(f"integrated gradients has not converged: the attributions miss f(inputs) - f(baseline) by up "
                       f"to {np.abs(d).max():.3g} (completeness delta) with {steps} steps; raise steps=, or use a token "
-                      f"baseline (baseline=<token id>): zero embeddings are a degenerate baseline for models that "
-                      f"normalise their input without adding position embeddings first", InterpWarning, stacklevel=2)
-    return Attribution(torch.stack(scores).numpy(), "integrated_gradients", tokens, position,
+                      f"baseline (baseline=<token id>), and keep tokens whose embedding is zero (often BOS) fixed "
+                      f"(fixed=[0]): a path to or from zero embeddings is degenerate for models that normalise their "
+                      f"input without adding position embeddings first", InterpWarning, stacklevel=2)
+    return Attribution(torch.cat(scores).numpy(), "integrated_gradients", tokens, position,
                        {"delta": d, "max_abs_delta": float(np.abs(d).max()), "steps": steps,
-                        "baseline": "zeros" if baseline is None else f"token {int(baseline)}"})
+                        "baseline": "zeros" if baseline is None else f"token {int(baseline)}",
+                        "fixed": keep.cpu().numpy()})
+
+
+def _fixed_mask(fixed: Any, n: int, t: int) -> torch.Tensor:
+    if fixed is None:
+        return torch.zeros(n, t, dtype=torch.bool)
+    if isinstance(fixed, (list, tuple)) and all(isinstance(p, int) and not isinstance(p, bool) for p in fixed):
+        bad = [p for p in fixed if not -t <= p < t]
+        if bad:
+            raise InterpError(f"fixed position {bad[0]} is outside the inputs", expected=f"positions in -{t}..{t - 1}",
+                              seen=f"inputs of {t} tokens", fix="give positions inside the inputs")
+        m = torch.zeros(n, t, dtype=torch.bool)
+        m[:, [p % t for p in fixed]] = True
+        return m
+    m = torch.as_tensor(fixed)
+    if m.dtype != torch.bool or m.shape[-1] != t or m.dim() > 2:
+        raise InterpError("fixed must be positions or a bool mask", expected=f"ints, or bool [batch, {t}]",
+                          seen=f"{m.dtype} {list(m.shape)}", fix="e.g. fixed=[0] to keep the first token")
+    return m.expand(n, t).clone()
 
 
 # --------------------------------------------------------------------------------------------------------------
