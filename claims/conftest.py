@@ -72,3 +72,23 @@ def rag_batch(subject):
     """64 document prompts (seed 22) as token ids with their answers, for attribution faithfulness claims."""
     raw = fixture_module("train_retrieval_llama").make_prompts(64, 22)
     return subject.tokens([p["text"] for p in raw]), [p["answer"] for p in raw]
+
+
+def _facts(relation: str, subject_len: int = 3):
+    fs = [f for f in fixture_module("train_facts_gpt2").facts()
+          if f["relation"] == relation and f["subject_len"] == subject_len]
+    return {"prompts": [f["prompt"] for f in fs], "subject_tokens": [f["subject"] for f in fs],
+            "answer": [f["answer"] for f in fs]}
+
+
+@pytest.fixture(scope="module")
+def lives_in():
+    """The 100 facts `<bos> s1 s2 s3 lives in` -> city (positions 0-5: subject at 1-3, last token 5), as keyword
+    arguments of pi.trace / pi.assert_mediates."""
+    return _facts("lives in")
+
+
+@pytest.fixture(scope="module")
+def works_as():
+    """The 100 facts `<bos> s1 s2 s3 works as a` -> job (last token 6)."""
+    return _facts("works as a")

@@ -248,7 +248,7 @@ def _window_sites(kind: str, layer: int, position: int, window: int, n_layers: i
     make = KINDS[kind]
     if kind == "resid" or window <= 1:
         return (make(layer).at(position),)
-    lo = max(0, layer - (window - 1) // 2)
+    lo = max(0, layer - window // 2)  # as in ROME: [l - w//2, l - w//2 + w), shifted to fit inside the model
     hi = min(n_layers, lo + window)
     lo = max(0, hi - window)
     return tuple(make(lay).at(position) for lay in range(lo, hi))
@@ -258,10 +258,11 @@ def trace(subject: Any, prompts: Any, subject_tokens: Any, answer: Any, *, kinds
           "attn"), window: int = 3, noise: float = 3.0, samples: int = 5, layers: Any = None,
           positions: Any = None, seed: int | None = None, record: bool = True) -> Trace:
     """Causal tracing: noise the subject's embeddings (``noise`` x the embedding matrix's std, ``samples`` seeded
-    draws per prompt), then restore each (layer, position) of each kind in ``kinds`` (mlp/attn: ``window``
-    adjacent layers centred on the layer) and measure the answer's probability. ``resid l`` is the stream
-    entering layer l (``resid 0``: the embeddings). Inside a pytest session each grid becomes a heatmap in the
-    HTML report."""
+    draws per prompt), then restore each (layer, position) of each kind in ``kinds`` and measure the answer's
+    probability. For mlp/attn a row restores ``window`` adjacent layers around its layer,
+    ``[l - window // 2, l - window // 2 + window)`` shifted to fit the model. ``resid l`` is the stream entering
+    layer l (``resid 0``: the embeddings). Inside a pytest session each grid becomes a heatmap in the HTML
+    report."""
     from . import _records
     from ._experiments import _subject
 

@@ -1,0 +1,46 @@
+"""Pre-registered claims about fixtures/facts-gpt2 (ground truth: fixtures/facts-gpt2/CARD.md).
+
+A 4-layer GPT-2 that memorised 600 made-up facts (`<bos> n3 n17 n5 lives in` -> `city4`). Causal tracing: the
+subject's token embeddings get Gaussian noise (3 x the embedding std), then one site's clean state is restored.
+This model looks facts up at the LAST token in layer 0 (attention reads the subject, the MLP does the lookup), not
+with MLPs at the last subject token as large models do; the false claims below say what a ROME-style reading
+would have expected.
+"""
+
+import pytest
+
+import pytest_interp as pi
+
+pytestmark = pytest.mark.interp_model("fixtures/facts-gpt2")
+
+
+def test_trace_localises_recall_at_the_last_token_in_layer_0(subject, lives_in):
+    trace = pi.trace(subject, **lives_in, window=1)
+    values, rows, cols = trace.grid("mlp")
+    layer, position = divmod(int(values.argmax()), values.shape[1])
+    assert (layer, position) == (0, 5), f"strongest MLP cell {rows[layer]} @ {cols[position]}\n{trace}"
+
+
+def test_layer_0_mlp_at_the_last_token_mediates(subject, lives_in):
+    pi.assert_mediates(subject, pi.mlp(0).at(5), **lives_in, at_least=0.5)
+
+
+def test_layer_0_attention_at_the_last_token_mediates(subject, lives_in):
+    pi.assert_mediates(subject, pi.attn(0).at(5), **lives_in, at_least=0.5)
+
+
+def test_stream_entering_layer_3_at_the_last_token_mediates(subject, lives_in):
+    pi.assert_mediates(subject, pi.resid(3).at(5), **lives_in, at_least=0.8)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="the ROME pattern (MLP at the last subject token) is absent: mlp 1 @ 3 restores ~0")
+def test_false_mlp_1_at_the_last_subject_token_mediates(subject, lives_in):
+    pi.assert_mediates(subject, pi.mlp(1).at(3), **lives_in, at_least=0.1)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="for 'works as a' the layer-0 MLP at the last token restores only ~0.2 of the gap; "
+                          "layers 1-2 carry the rest")
+def test_false_layer_0_mlp_mediates_every_relation(subject, works_as):
+    pi.assert_mediates(subject, pi.mlp(0).at(6), **works_as, at_least=0.5)
