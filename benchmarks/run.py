@@ -1,7 +1,7 @@
 """Side-by-side benchmarks of pytest-interp against TransformerLens and nnsight (and plain HF hooks).
 
     python benchmarks/run.py            # everything available; peers need the [bench] extra
-    python benchmarks/run.py B1 B3      # a subset
+    python benchmarks/run.py B1 B3      # a subset (B1-B6, M for memory)
 
 Prints one table with times, ratios, the machine, and the max abs difference of each peer's per-site effects
 from pytest-interp's. Model: GPT-2 small architecture (12 layers x 12 heads, d=768, vocabulary 50257) with
@@ -114,6 +114,54 @@ def b3(model_dir: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def b5(subject: pi.Subject) -> list[tuple[str, str]]:
+    """Small-batch regime (1 prompt of 16 tokens): all-heads sweep with interventions packed into shared forward
+    passes (the default) vs one forward pass per site (batch size 1: no packing)."""
+    one = make_model.make_inputs(n=1)
+    metric = pi.metrics.loss()
+    pi.sweep(subject, [pi.head(0, 0)], inputs=one, metric=metric)  # warm-up
+    t = time.perf_counter()
+    packed = pi.sweep(subject, inputs=one, metric=metric)
+    t_packed = time.perf_counter() - t
+    batch_size = pi.settings().batch_size
+    pi.configure(batch_size=1)
+    try:
+        t = time.perf_counter()
+        single = pi.sweep(subject, inputs=one, metric=metric)
+        t_single = time.perf_counter() - t
+    finally:
+        pi.configure(batch_size=batch_size)
+    diff = max(abs(packed[s].mean - single[s].mean) for s in packed)
+    return [("B5 all heads, 1 prompt x 16 tokens: packed vs one forward per site",
+             f"{t_packed:.2f} s vs {t_single:.2f} s: packing gains {t_single / t_packed:.2f}x; max |diff| {diff:.1e}")]
+
+
+MEMORY = """
+import resource, sys, torch
+import pytest_interp as pi
+sys.path.insert(0, {here!r})
+import make_model
+torch.set_num_threads(2)
+subject = pi.load({model!r})
+tokens = make_model.make_inputs()
+subject.model  # load the weights
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base, peak)
+"""
+
+
+def memory(model_dir: Path) -> list[tuple[str, str]]:
+    """Peak resident memory of the B1 sweep in a fresh process, against the size of the weights."""
+    out = subprocess.run([sys.executable, "-c", MEMORY.format(here=str(HERE), model=str(model_dir))],
+                         capture_output=True, text=True, check=True)
+    base, peak = (int(x) / 2**20 for x in out.stdout.split())  # ru_maxrss is in KiB on Linux
+    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**30
+    return [("M peak memory of the B1 sweep (fresh process)", f"{peak:.2f} GiB peak ({base:.2f} GiB after loading "
+             f"the weights); weights {weights:.2f} GiB: {peak / weights:.1f}x the model's size")]
+
+
 def b6() -> list[tuple[str, str]]:
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", "--help"], capture_output=True,
                          text=True, cwd=tempfile.gettempdir())
@@ -124,7 +172,7 @@ def b6() -> list[tuple[str, str]]:
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"B1", "B2", "B3", "B4", "B6"}
+    wanted = set(argv) or {"B1", "B2", "B3", "B4", "B5", "B6", "M"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
@@ -173,6 +221,10 @@ def main(argv: list[str]) -> int:
                          f"{peers.max_abs_diff(ours, theirs):.1e}"))
     if "B3" in wanted:
         rows += b3(model_dir)
+    if "B5" in wanted:
+        rows += b5(subject)
+    if "M" in wanted:
+        rows += memory(model_dir)
     if "B6" in wanted:
         rows += b6()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__} "

@@ -135,7 +135,8 @@ def _embed(subject: Any, tokens: torch.Tensor) -> torch.Tensor:
         return emb(tokens).detach()
 
 
-def _grads(subject: Any, embeds: torch.Tensor, answer: torch.Tensor, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _grads(subject: Any, embeds: torch.Tensor, answer: torch.Tensor,
+           position: int) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         x = embeds.clone().requires_grad_(True)
         f = _answer_logprob(subject, x, answer, position)

@@ -3,8 +3,9 @@
 For an intervention at layer l, blocks below l see exactly the clean inputs, so their outputs are taken from one
 clean pass instead of being recomputed (the blocks' forward is replaced, for that pass, by a function returning
 the cached output). In a causal model an intervention at position p cannot change positions before p at any
-layer: the pass starts at p, reading the earlier positions' keys and values from the clean run's cache. Sites of the same layer are packed into one forward pass: the batch is repeated once per
-site and each site's hook edits only its own copy, which is where accelerators gain most.
+layer: the pass starts at p, reading the earlier positions' keys and values from the clean run's cache. Sites
+of the same layer and position are packed into one forward pass: the batch is repeated once per site and each
+site's hook edits only its own copy, which is where accelerators gain most.
 """
 
 from __future__ import annotations
