@@ -119,15 +119,16 @@ def b5(subject: pi.Subject) -> list[tuple[str, str]]:
     passes (the default) vs one forward pass per site (batch size 1: no packing)."""
     one = make_model.make_inputs(n=1)
     metric = pi.metrics.loss()
-    pi.sweep(subject, [pi.head(0, 0)], inputs=one, metric=metric)  # warm-up
+    how = pi.Mean(reference=make_model.make_inputs())  # the mean over one prompt would be the prompt itself
+    pi.sweep(subject, [pi.head(0, 0)], inputs=one, metric=metric, how=how)  # warm-up
     t = time.perf_counter()
-    packed = pi.sweep(subject, inputs=one, metric=metric)
+    packed = pi.sweep(subject, inputs=one, metric=metric, how=how)
     t_packed = time.perf_counter() - t
     batch_size = pi.settings().batch_size
     pi.configure(batch_size=1)
     try:
         t = time.perf_counter()
-        single = pi.sweep(subject, inputs=one, metric=metric)
+        single = pi.sweep(subject, inputs=one, metric=metric, how=how)
         t_single = time.perf_counter() - t
     finally:
         pi.configure(batch_size=batch_size)
@@ -171,12 +172,25 @@ def b6() -> list[tuple[str, str]]:
              f"{'--interp-model' in out.stdout}")]
 
 
+class _Rows(list):
+    """The result rows; each is also written to stderr as soon as it exists, so a failure later keeps them."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        print(f"{row[0]}: {row[1]}", file=sys.stderr, flush=True)
+        super().append(row)
+
+    def __iadd__(self, rows: list[tuple[str, str]]) -> _Rows:  # type: ignore[override]
+        for row in rows:
+            self.append(row)
+        return self
+
+
 def main(argv: list[str]) -> int:
     wanted = set(argv) or {"B1", "B2", "B3", "B4", "B5", "B6", "M"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
-    rows: list[tuple[str, str]] = []
+    rows = _Rows()
     subject = _pi_subject(model_dir)
     fwd = peers.hf_forward_seconds(model_dir, tokens)
     rows.append(("one forward, 8 x 16 tokens (plain HF)", f"{fwd:.3f} s"))

@@ -25,6 +25,11 @@ class Intervention:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def reads(self, subject: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The batch whose clean activations :meth:`prepare` reads (None: none), so that a sweep can capture
+        them for all its sites in one forward pass."""
+        return None
+
     def spec(self) -> dict[str, Any]:
         """A JSON-able description of everything that sets this intervention's numbers (for the run cache)."""
         from ._cache import digest_any
@@ -71,6 +76,9 @@ class Mean(Intervention):
         mean = acts.mean(0, keepdim=True) if self.per_position else acts.mean((0, 1), keepdim=True)
         return lambda act, rows: mean.to(act.dtype).expand_as(act)
 
+    def reads(self, subject: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+        return tokens if self.reference is None else subject.tokens(self.reference, name="Mean reference")
+
     def describe(self) -> str:
         src = "inputs" if self.reference is None else "reference batch"
         return f"mean-ablate (mean over {src}{'' if self.per_position else ', all positions'})"
@@ -111,6 +119,9 @@ class Resample(Intervention):
         picked = acts[idx.to(acts.device)]
         return lambda act, rows: picked[rows].to(act.dtype)
 
+    def reads(self, subject: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+        return tokens if self.source is None else subject.tokens(self.source, name="Resample source")
+
     def describe(self) -> str:
         src = "inputs" if self.source is None else "source batch"
         return f"resample-ablate (from {src}, seed {self.seed})"
@@ -135,6 +146,9 @@ class Noise(Intervention):
         noise = torch.randn(acts.shape, generator=g).to(acts.device) * (self.scale * std)
         return lambda act, rows: act + noise[rows].to(act.dtype)
 
+    def reads(self, subject: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+        return tokens
+
     def describe(self) -> str:
         return f"add noise ({self.scale} x std, seed {self.seed})"
 
@@ -157,6 +171,9 @@ class Patch(Intervention):
                               fix="clean and corrupt must be aligned token for token")
         acts = capture(subject, src, [site.unrestricted])[site.unrestricted]
         return lambda act, rows: acts[rows].to(act.dtype)
+
+    def reads(self, subject: Any, tokens: torch.Tensor) -> torch.Tensor | None:
+        return subject.tokens(self.source, name="patch source")
 
     def describe(self) -> str:
         return self.label

@@ -231,7 +231,7 @@ def _no_change(e: Edit) -> InterventionNoOpError:
         fix="choose another intervention (pi.Zero(), pi.Resample(source=...)) or another site/positions")
 
 
-_MEMO_LIMIT = 256
+_MEMO_LIMIT = 1024
 
 
 def _key(tokens: torch.Tensor) -> str:

@@ -16,7 +16,7 @@ from ._experiments import (PreparedPatch, _metric, _stat_args, _subject, ablatio
 from ._fast import Work, run_sites
 from ._interventions import Intervention, Patch
 from ._metrics import Metric
-from ._runner import Edit, check_site
+from ._runner import Edit, capture, check_site
 from ._sites import Site, as_sites
 from ._stats import Effect
 
@@ -162,6 +162,9 @@ def _cached_sites(subject: Any, tokens: torch.Tensor, metric: Metric, score: Any
     todo = [s for s in sites_t if s not in scores]
     work = Work()
     if todo:
+        source = how.reads(subject, tokens)
+        if source is not None:  # every site's clean activations in one forward pass, not one pass per site
+            capture(subject, source, list(dict.fromkeys(s.unrestricted for s in todo)))
         edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in todo]
         computed, work = run_sites(subject, tokens, edits, score, needs_clean=metric.needs_clean)
         for s, value in zip(todo, computed):
