@@ -148,7 +148,8 @@ def hf_b1(model_dir: str | Path, tokens: torch.Tensor) -> tuple[Effects, float]:
     return _b1_effects(clean, ablated), seconds
 
 
-def hf_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[Effects, float]:
+def hf_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor,
+          score: Callable = metric) -> tuple[Effects, float]:
     """B2 with plain ``register_forward_pre_hook`` on ``transformer.h[l]`` (its hidden_states input)."""
     _threads()
     model = _load_hf(model_dir)
@@ -165,11 +166,11 @@ def hf_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor) -> 
 
         handles = [blocks[l].register_forward_pre_hook(capture(l)) for l in range(N_LAYERS)]
         try:
-            clean_scores = metric(_hf_logits(model, clean), clean)
+            clean_scores = score(_hf_logits(model, clean), clean)
         finally:
             for h in handles:
                 h.remove()
-        corrupt_scores = metric(_hf_logits(model, corrupt), corrupt)
+        corrupt_scores = score(_hf_logits(model, corrupt), corrupt)
 
         patched = {}
         for l in range(N_LAYERS):
@@ -181,7 +182,7 @@ def hf_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor) -> 
 
                 handle = blocks[l].register_forward_pre_hook(patch)
                 try:
-                    patched[(l, p)] = metric(_hf_logits(model, corrupt), corrupt)
+                    patched[(l, p)] = score(_hf_logits(model, corrupt), corrupt)
                 finally:
                     handle.remove()
         seconds = time.perf_counter() - t0
@@ -243,7 +244,8 @@ def tl_b1(model_dir: str | Path, tokens: torch.Tensor) -> tuple[Effects, float]:
     return _b1_effects(clean, ablated), seconds
 
 
-def tl_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[Effects, float]:
+def tl_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor,
+          score: Callable = metric) -> tuple[Effects, float]:
     """B2 with ``transformer_lens.patching.get_act_patch_resid_pre`` on the bridge (one
     ``run_with_hooks`` per (layer, pos) inside it), clean cache from ``run_with_cache``."""
     _threads()
@@ -254,12 +256,12 @@ def tl_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor) -> 
     with torch.no_grad():
         t0 = time.perf_counter()
         clean_logits, clean_cache = bridge.run_with_cache(clean, names_filter=lambda n: n in names)
-        clean_scores = metric(clean_logits, clean)
-        corrupt_scores = metric(bridge(corrupt), corrupt)
+        clean_scores = score(clean_logits, clean)
+        corrupt_scores = score(bridge(corrupt), corrupt)
         # reduce="none": the metric returns one score per example and every example is kept,
         # so the ratio below uses the same batch means as the other implementations.
         result = patching.get_act_patch_resid_pre(
-            bridge, corrupt, clean_cache, lambda lg: metric(lg, corrupt), reduce="none",
+            bridge, corrupt, clean_cache, lambda lg: score(lg, corrupt), reduce="none",
         )
         values = result.values if hasattr(result, "values") else result  # [layer, pos, batch]
         seconds = time.perf_counter() - t0
@@ -308,7 +310,8 @@ def nnsight_b1(model_dir: str | Path, tokens: torch.Tensor) -> tuple[Effects, fl
     return _b1_effects(clean, ablated), seconds
 
 
-def nnsight_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[Effects, float]:
+def nnsight_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor,
+               score: Callable = metric) -> tuple[Effects, float]:
     """B2 with one ``model.trace`` saving every ``transformer.h[l].input`` on the clean inputs and
     one trace per (layer, pos) on the corrupt inputs assigning the clean value at that position."""
     _threads()
@@ -321,10 +324,10 @@ def nnsight_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor
             for l in range(N_LAYERS):
                 resid.append(model.transformer.h[l].input.save())
             logits = model.lm_head.output.save()
-        clean_scores = metric(logits, clean)
+        clean_scores = score(logits, clean)
         with model.trace(corrupt):
             logits = model.lm_head.output.save()
-        corrupt_scores = metric(logits, corrupt)
+        corrupt_scores = score(logits, corrupt)
 
         patched = {}
         for l in range(N_LAYERS):
@@ -332,7 +335,7 @@ def nnsight_b2(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor
                 with model.trace(corrupt):
                     model.transformer.h[l].input[:, p] = resid[l][:, p]
                     logits = model.lm_head.output.save()
-                patched[(l, p)] = metric(logits, corrupt)
+                patched[(l, p)] = score(logits, corrupt)
         seconds = time.perf_counter() - t0
     return _b2_effects(clean_scores, corrupt_scores, patched), seconds
 

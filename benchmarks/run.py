@@ -43,9 +43,10 @@ def pi_b1(subject: pi.Subject, tokens: torch.Tensor) -> tuple[dict, float, float
     return {(s.layer, s.index): e.mean for s, e in sweep.items()}, seconds, sweep.work.fraction
 
 
-def pi_b2(subject: pi.Subject, clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[dict, float]:
+def pi_b2(subject: pi.Subject, clean: torch.Tensor, corrupt: torch.Tensor,
+          metric: pi.metrics.Metric | None = None) -> tuple[dict, float]:
     t = time.perf_counter()
-    sweep = pi.patch_sweep(subject, clean=clean, corrupt=corrupt, metric=pi.metrics.loss())
+    sweep = pi.patch_sweep(subject, clean=clean, corrupt=corrupt, metric=metric or pi.metrics.loss())
     seconds = time.perf_counter() - t
     return {(s.layer, s.positions): e.mean for s, e in sweep.items()}, seconds
 
@@ -186,7 +187,7 @@ class _Rows(list):
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"B1", "B2", "B3", "B4", "B5", "B6", "M"}
+    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "M"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
@@ -217,22 +218,37 @@ def main(argv: list[str]) -> int:
         t_exact = time.perf_counter() - t
         rows.append(("B4 attribution screen vs exact B1 sweep", f"{t_est:.2f} s vs {t_exact:.2f} s: "
                      f"{t_exact / t_est:.1f}x faster; Spearman rank correlation {pi.rank_agreement(est, exact):.3f}"))
-    if "B2" in wanted:
+    if "B2" in wanted or "B2L" in wanted:
         # seed 1: with seed 0 the corrupted prompts happen to score better than the clean ones (random weights)
         clean = make_model.make_inputs(seed=1)
         corrupt = make_model.make_corrupt(clean)
-        tokens_b2 = clean
-        ours, t_ours = pi_b2(subject, clean, corrupt)
-        rows.append(("B2 resid patching 12 layers x 16 positions: pytest-interp", f"{t_ours:.2f} s"))
-        for name, fn in (("plain HF hooks", peers.hf_b2), ("TransformerLens", peers.tl_b2),
-                         ("nnsight", peers.nnsight_b2)):
-            try:
-                theirs, t = fn(model_dir, tokens_b2, corrupt)
-            except Exception as exc:  # noqa: BLE001
-                rows.append((f"B2 {name}", f"unavailable: {type(exc).__name__}: {str(exc)[:90]}"))
-                continue
-            rows.append((f"B2 {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
-                         f"{peers.max_abs_diff(ours, theirs):.1e}"))
+        variants = []
+        if "B2" in wanted:
+            variants.append(("B2 resid patching 12 layers x 16 positions (next-token log-prob, all positions)",
+                             None, peers.metric))
+        if "B2L" in wanted:
+            # an IOI-style last-position metric: log-prob of the clean run's top prediction at the last position
+            with torch.no_grad():
+                target = subject.model(input_ids=clean, use_cache=False).logits[:, -1].argmax(-1)
+
+            def last(logits: torch.Tensor, tokens: torch.Tensor, target: torch.Tensor = target) -> torch.Tensor:
+                return torch.log_softmax(logits[:, -1].float(), -1).gather(-1, target[:, None])[:, 0]
+
+            variants.append(("B2L resid patching 12 layers x 16 positions (log-prob at the last position)",
+                             pi.metrics.logprob(target), last))
+        for label, ours_metric, peer_metric in variants:
+            tag = label.split()[0]
+            ours, t_ours = pi_b2(subject, clean, corrupt, ours_metric)
+            rows.append((f"{label}: pytest-interp", f"{t_ours:.2f} s"))
+            for name, fn in (("plain HF hooks", peers.hf_b2), ("TransformerLens", peers.tl_b2),
+                             ("nnsight", peers.nnsight_b2)):
+                try:
+                    theirs, t = fn(model_dir, clean, corrupt, peer_metric)
+                except Exception as exc:  # noqa: BLE001
+                    rows.append((f"{tag} {name}", f"unavailable: {type(exc).__name__}: {str(exc)[:90]}"))
+                    continue
+                rows.append((f"{tag} {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
+                             f"{peers.max_abs_diff(ours, theirs):.1e}"))
     if "B3" in wanted:
         rows += b3(model_dir)
     if "B5" in wanted:
