@@ -292,6 +292,24 @@ def score_variants(subject: Any, variants: list[Variant], metric: str = "logprob
     if metric not in SCORES:
         raise InterpError(f"unknown answer metric {metric!r}", expected=f"one of {', '.join(SCORES)}",
                           seen=repr(metric), fix="e.g. metric='accuracy'")
+    import hashlib
+    import json
+
+    from ._cache import current
+    from ._settings import settings
+
+    def parts() -> dict[str, Any]:
+        text = json.dumps([[v.ids, v.hidden, v.answer] for v in variants])
+        return {"model": subject.fingerprint, "kind": "answer score", "metric": metric,
+                "variants": hashlib.sha256(text.encode()).hexdigest(), "dtype": subject.dtype_key,
+                "device": str(subject.device), "attn": subject.attn_implementation,
+                "batch_size": settings().batch_size}
+
+    got = current().scores(parts, lambda: torch.as_tensor(_run_variants(subject, variants, metric)))
+    return got.double().numpy()
+
+
+def _run_variants(subject: Any, variants: list[Variant], metric: str) -> np.ndarray:
     from ._runner import _finite, _logits
     from ._settings import settings
 

@@ -123,7 +123,22 @@ class Corruption:
         self.corrupted = self.score(())
 
     def _score(self, *, corrupt: bool, sites: tuple[Site, ...] = ()) -> np.ndarray:
-        """Per prompt, the answer probability (mean over noise draws) with ``sites`` restored."""
+        """Per prompt, the answer probability (mean over noise draws) with ``sites`` restored (run-cached)."""
+        from ._cache import current, site_key, tensor_digest
+
+        subject = self.subject
+
+        def parts() -> dict[str, Any]:
+            return {"model": subject.fingerprint, "kind": "causal trace", "tokens": tensor_digest(self.tokens),
+                    "subject": tensor_digest(self.mask), "answer": tensor_digest(self.answer),
+                    "noise": [self.scale, self.samples, self.seed] if corrupt else None,
+                    "sites": [site_key(s) for s in sites], "dtype": subject.dtype_key, "device": str(subject.device),
+                    "attn": subject.attn_implementation, "batch_size": settings().batch_size}
+
+        got = current().scores(parts, lambda: torch.as_tensor(self._run(corrupt=corrupt, sites=sites)))
+        return got.double().numpy()
+
+    def _run(self, *, corrupt: bool, sites: tuple[Site, ...] = ()) -> np.ndarray:
         subject, tokens = self.subject, self.tokens
         n = tokens.shape[0]
         reps = self.samples if corrupt else 1

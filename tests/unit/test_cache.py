@@ -123,3 +123,24 @@ def test_concurrent_writers_never_tear_an_entry(tmp_path):
         assert p.exitcode == 0
     assert reader.bad == 0 and reader.get("ab" * 32) is not None
     assert not [f for f in os.listdir(tmp_path / "ab") if f.endswith(".tmp")]
+
+
+def test_tracing_and_context_runs_are_cached(cache, induction):
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(1, 64, (8, 9), generator=g)
+    toks[:, 0] = 0
+    toks[:, 7:9] = toks[:, 2:4]
+    first = pi.restore(induction, pi.resid(1).at(4), prompts=toks, subject_tokens=[2, 3], answer=toks[:, 4],
+                       samples=2)
+    writes = cache.writes
+    again = pi.restore(induction, pi.resid(1).at(4), prompts=toks, subject_tokens=[2, 3], answer=toks[:, 4],
+                       samples=2)
+    assert writes == 3 and cache.hits == 3 and again.mean == first.mean  # clean, corrupted, restored
+    other_seed = pi.restore(induction, pi.resid(1).at(4), prompts=toks, subject_tokens=[2, 3],
+                            answer=toks[:, 4], samples=2, seed=1)
+    assert cache.writes == writes + 2 and other_seed.mean != first.mean  # the clean run is shared
+    prompts = [pi.Prompt(("text", "<bos>"), ("doc", "t5 t6 t7"), ("question", "t5 t6"), answer="t7")] * 3
+    a = pi.leave_out(induction, prompts, 0)
+    hits = cache.hits
+    b = pi.leave_out(induction, prompts, 0)
+    assert cache.hits > hits and a.mean == b.mean
