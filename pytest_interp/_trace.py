@@ -190,8 +190,7 @@ class Corruption:
                                "noise_std": self.scale * self.embedding_std, "noise_samples": self.samples})
 
     def describe(self) -> str:
-        return (f"restore clean state into subject-noised run (noise {self.scale:g} x embedding std "
-                f"{self.embedding_std:.3g}, {self.samples} draws, seed {self.seed})")
+        return f"restore clean state (subject noised {self.scale:g}x emb. std, {self.samples} draws, seed {self.seed})"
 
 
 class Trace:
