@@ -357,7 +357,12 @@ def faithfulness(subject: Any, attribution: Any, *, inputs: Any, answer: Any, po
         fixed[:, 0] = True
         fixed[:, position % t] = True
     else:
-        fixed = torch.as_tensor(keep, dtype=torch.bool).expand(n, t).clone()
+        fixed = torch.as_tensor(keep)
+        if fixed.dtype != torch.bool or fixed.shape[-1:] != (t,) or fixed.dim() > 2:
+            raise InterpError("keep must be a bool mask of the tokens never removed",
+                              expected=f"bool [batch, {t}] or [{t}]", seen=f"{fixed.dtype} {list(fixed.shape)}",
+                              fix="e.g. keep=tokens == bos_id")
+        fixed = fixed.expand(n, t).clone()
     free = ~fixed
     if int(free.sum(1).min()) <= k:
         raise InterpError("too few removable tokens for top-k", expected=f"more than k={k} removable tokens",

@@ -78,10 +78,10 @@ def subject_mask(subject: Any, tokens: torch.Tensor, subject_tokens: Any) -> tor
     return mask.to(tokens.device)
 
 
-def _check_positions(pos: Any, t: int) -> list[int]:
+def _check_positions(pos: Any, t: int, what: str = "subject position") -> list[int]:
     bad = [p for p in pos if not -t <= int(p) < t]
     if bad:
-        raise InterpError(f"subject position {bad[0]} is outside the prompt", expected=f"positions in -{t}..{t - 1}",
+        raise InterpError(f"{what} {bad[0]} is outside the prompt", expected=f"positions in -{t}..{t - 1}",
                           seen=f"prompts of {t} tokens", fix="give positions inside the prompt")
     return [int(p) % t for p in pos]
 
@@ -292,7 +292,7 @@ def trace(subject: Any, prompts: Any, subject_tokens: Any, answer: Any, *, kinds
     corr = Corruption(subject, prompts, subject_tokens, answer, noise=noise, samples=samples, seed=seed)
     t = corr.tokens.shape[1]
     layers_l = list(range(subject.n_layers)) if layers is None else [int(x) for x in layers]
-    positions_l = list(range(t)) if positions is None else [int(p) % t for p in positions]
+    positions_l = list(range(t)) if positions is None else _check_positions(list(positions), t, "traced position")
     labels = _labels(subject, corr, positions_l)
     restored = {}
     for kind in kinds:

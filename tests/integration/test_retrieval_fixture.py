@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import pytest_interp as pi
 from tests.helpers import RETRIEVAL, fixture_module, shipped
@@ -91,4 +90,3 @@ def test_provenance_and_reliance_on_the_fixture(rag):
     assert layer0["document 0"].attention > 0.1 and abs(layer0["document 0"].effect.mean) < 0.01
     with pytest.raises(KeyError):
         both["tool_output 0"]
-    assert torch.is_tensor(rag.tokens([[0, 1]]))

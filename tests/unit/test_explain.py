@@ -98,5 +98,7 @@ def test_bad_input(induction, copy_task):
         explain.attention(induction, toks, head=1)
     with pytest.raises(InterpError, match="outside the inputs"):
         explain.grad_x_input(induction, toks, ans, position=10)
+    with pytest.raises(InterpError, match="keep must be a bool mask"):
+        pi.faithfulness(induction, np.zeros((16, 10)), inputs=toks, answer=ans, keep=[0, 1])
     with pytest.raises(InterpError, match="NaN"):
         pi.faithfulness(induction, np.full((16, 10), np.nan), inputs=toks, answer=ans)

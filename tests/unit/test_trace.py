@@ -102,5 +102,7 @@ def test_bad_input(induction, facts):
         pi.trace(induction, toks, SUBJECT, ans, kinds=("heads",))
     with pytest.raises(InterpError, match="outside the prompt"):
         Corruption(induction, toks, [20], ans)
+    with pytest.raises(InterpError, match="outside the prompt"):
+        pi.trace(induction, toks, SUBJECT, ans, positions=[3, 40])
     with pytest.raises(InterpError, match="one answer per prompt"):
         Corruption(induction, toks, SUBJECT, ans[:3])
