@@ -103,6 +103,17 @@ def test_nan_logits(tokens):
     check(err, "NaN/inf logits")
 
 
+def test_finite_check_is_exact_when_the_cheap_sum_overflows():
+    from pytest_interp._runner import _finite
+
+    huge = torch.full((2, 3, 8), 3e38)  # finite, but its float32 sum is inf
+    assert _finite(huge, "clean run") is huge
+    huge[1, 2, 5] = float("-inf")
+    with pytest.raises(pi.InterpError) as err:
+        _finite(huge, "clean run")
+    check(err, "1 position(s) with NaN/inf")
+
+
 def test_attention_from_sdpa_switches_to_eager_and_says_so(tokens):
     s = pi.load(tiny_model("llama", attn="sdpa"))
     assert s.attn_implementation == "sdpa"
