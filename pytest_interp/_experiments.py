@@ -103,7 +103,7 @@ def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.T
                     score: Any, clean: torch.Tensor, how: Intervention, st: dict[str, Any]) -> Effect:
     """:func:`ablate` after validation and the clean run (shared by sweeps)."""
     def compute() -> torch.Tensor:
-        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in sites_t]
+        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe(), how.pure) for s in sites_t]
         return run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
 
     hit = current_cache().scores(run_parts(subject, tokens, metric, sites_t, how), compute)
@@ -191,7 +191,7 @@ def patch_prepared(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPa
     how = Patch(source=prep.source, label=prep.label)
 
     def compute() -> torch.Tensor:
-        edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label) for s in sites_t]
+        edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label, how.pure) for s in sites_t]
         return run(subject, prep.target, edits, prep.score)
 
     p = current_cache().scores(run_parts(subject, prep.target, prep.metric, sites_t, how), compute)

@@ -5,7 +5,10 @@ clean pass instead of being recomputed (the blocks' forward is replaced, for tha
 the cached output). In a causal model an intervention at position p cannot change positions before p at any
 layer: the pass starts at p, reading the earlier positions' keys and values from the clean run's cache. Sites
 of the same layer and position are packed into one forward pass: the batch is repeated once per site and each
-site's hook edits only its own copy, which is where accelerators gain most.
+site's hook edits only its own copy, which is where accelerators gain most. An edit that would leave its
+activation bit-for-bit as it is in the clean pass (patching a position before the first token where the two
+runs differ, or at layer 0 where only the embeddings of the changed tokens differ) is not run: its run is the
+clean run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Iterator
 import torch
 
 from ._runner import Edit, ScoreFn, _apply, _chunks, _finite, _hooks, _install, _logits, check_edits
+from ._sites import Site
 from ._settings import settings
 
 
@@ -78,16 +82,37 @@ def start_position(edit: Edit, seq: int) -> int:
     return 0
 
 
-def _capture_blocks(subject: Any, chunk: torch.Tensor, keep_cache: bool,
-                    head: dict[str, Any]) -> tuple[list[Any], torch.Tensor, Any]:
-    """One clean pass: every block's output object, the logits, and (``keep_cache``) the key/value cache."""
+def _capture_blocks(subject: Any, chunk: torch.Tensor, keep_cache: bool, head: dict[str, Any],
+                    sites: list[Site]) -> tuple[list[Any], torch.Tensor, Any, dict[Site, torch.Tensor]]:
+    """One clean pass: every block's output object, the logits, (``keep_cache``) the key/value cache, and the
+    activations at ``sites``."""
     outs: list[Any] = [None] * subject.n_layers
+    acts: dict[Site, torch.Tensor] = {}
     handles = [subject.adapter.block(i).register_forward_hook(
         lambda m, a, o, i=i: outs.__setitem__(i, o)) for i in range(subject.n_layers)]
+    try:
+        for s in sites:
+            handles.append(_install(subject, s, lambda act, s=s: acts.__setitem__(s, act.detach().clone())))
+    except Exception:
+        for h in handles:
+            h.remove()
+        raise
     with _hooks(subject, handles):
         out = subject.forward(chunk, use_cache=True, **head) if keep_cache else subject.forward(chunk, **head)
         logits = _finite(_logits(out), "clean run")
-    return outs, logits, _plain_cache(getattr(out, "past_key_values", None)) if keep_cache else None
+    return outs, logits, _plain_cache(getattr(out, "past_key_values", None)) if keep_cache else None, acts
+
+
+def _unchanged(edit: Edit, act: torch.Tensor | None, rows: torch.Tensor, batch: int) -> bool:
+    """Whether ``edit`` leaves the clean activation ``act`` exactly as it is (then the run is the clean run:
+    e.g. patching a position before the first one where clean and corrupt inputs differ)."""
+    if not edit.pure or act is None:
+        return False
+    fired, changed = edit.fired, edit.changed
+    if torch.equal(_apply(edit, act, rows, batch), act):
+        return True  # the site's hook fired (in the clean pass) and changed nothing
+    edit.fired, edit.changed = fired, changed  # the edit runs: its own hook must fire and change it
+    return False
 
 
 def _plain_cache(cache: Any) -> Any:
@@ -146,7 +171,9 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
 
     An edit at layer l and position p (causal models) runs only blocks >= l on positions >= p: blocks below l
     return their clean outputs, and positions before p come from the clean run's key/value cache and logits.
-    When the metric reads only the last position, the LM head runs only there.
+    When the metric reads only the last position, the LM head runs only there. A pure edit that leaves the
+    clean activation exactly as it is (patching where the two runs agree) is not run at all: its scores are
+    the clean run's.
     """
     n_layers = subject.n_layers
     batch, seq = tokens.shape
@@ -162,9 +189,17 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
         chunk = tokens[rows.to(tokens.device)]
         b = chunk.shape[0]
         k_max = pack or max(1, settings().batch_size // b)
-        outputs, clean_logits, cache = _capture_blocks(subject, chunk, any(p for _, p in starts), head)
+        pure_sites = list(dict.fromkeys(edits[i].site.unrestricted for i in order if edits[i].pure))
+        outputs, clean_logits, cache, acts = _capture_blocks(subject, chunk, any(p for _, p in starts), head,
+                                                             pure_sites)
+        dev_rows = rows.to(tokens.device)
         groups: dict[tuple[int, int], list[int]] = {}
         for i in order:
+            if _unchanged(edits[i], acts.get(edits[i].site.unrestricted), rows, batch):
+                # an edit that changes nothing changes no number downstream: its run is the clean run
+                parts[i].append(score(clean_logits, dev_rows, clean_logits if needs_clean else None).detach())
+                progress.step()
+                continue
             layer, p = starts[i]
             groups.setdefault((layer, p if cache is not None else 0), []).append(i)
         for (layer, p), members in groups.items():
@@ -204,7 +239,6 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                         logits = _logits(subject.forward(chunk.repeat(k, 1), **head))
                     logits = _finite(logits, "intervened run")
                 work.run += k * (n_layers - layer) * b * (seq - p)
-                dev_rows = rows.to(tokens.device)
                 for slot, i in enumerate(pack_ids):
                     part = logits[slot * b:(slot + 1) * b]
                     parts[i].append(score(part, dev_rows, clean_logits if needs_clean else None).detach())

@@ -18,6 +18,9 @@ class Intervention:
 
     #: whether leaving the activation unchanged is a bug (True for ablations) or legitimate (patching)
     must_change: bool = True
+    #: whether the prepared replacement is a deterministic function of (activation, rows): then an edit that
+    #: leaves the clean activation as it is leaves the whole run as it is, and a sweep need not run it
+    pure = False
 
     def prepare(self, subject: Any, site: Any, tokens: torch.Tensor) -> Replacement:
         raise NotImplementedError
@@ -44,6 +47,8 @@ class Intervention:
 class Zero(Intervention):
     """Replace the activation with zeros."""
 
+    pure = True
+
     def prepare(self, subject: Any, site: Any, tokens: torch.Tensor) -> Replacement:
         return lambda act, rows: torch.zeros_like(act)
 
@@ -60,6 +65,8 @@ class Mean(Intervention):
         per_position: average over examples separately at each position (the default), or over examples
             and positions together (needed when the reference has another length than the inputs).
     """
+
+    pure = True
 
     reference: Any = None
     per_position: bool = True
@@ -93,6 +100,8 @@ class Resample(Intervention):
             example receiving another example's activation (a seeded derangement).
         seed: seed of the draw.
     """
+
+    pure = True
 
     source: Any = None
     seed: int = 0
@@ -131,6 +140,8 @@ class Resample(Intervention):
 class Noise(Intervention):
     """Add Gaussian noise of ``scale`` times the activation's standard deviation (over the inputs), seeded."""
 
+    pure = True
+
     scale: float = 3.0
     seed: int = 0
 
@@ -156,6 +167,8 @@ class Noise(Intervention):
 @dataclass(frozen=True, eq=False)
 class Patch(Intervention):
     """Replace the activation with the same site's activation from another run (same shape)."""
+
+    pure = True
 
     source: Any = None
     label: str = "patch"

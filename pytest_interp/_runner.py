@@ -87,6 +87,7 @@ class Edit:
     fn: Replacement
     must_change: bool = True
     label: str = "intervention"
+    pure: bool = False  # fn is a deterministic function of (activation, rows): see Intervention.pure
     fired: int = 0
     changed: bool = False
 

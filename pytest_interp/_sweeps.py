@@ -165,7 +165,7 @@ def _cached_sites(subject: Any, tokens: torch.Tensor, metric: Metric, score: Any
         source = how.reads(subject, tokens)
         if source is not None:  # every site's clean activations in one forward pass, not one pass per site
             capture(subject, source, list(dict.fromkeys(s.unrestricted for s in todo)))
-        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe()) for s in todo]
+        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe(), how.pure) for s in todo]
         computed, work = run_sites(subject, tokens, edits, score, needs_clean=metric.needs_clean)
         for s, value in zip(todo, computed):
             scores[s] = value

@@ -71,6 +71,52 @@ def test_prefix_reuse_and_packing_do_not_change_numbers(arch, how, tokens):
     assert sw.work.fraction < 0.6
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_patches_that_change_nothing_are_not_run(arch, tokens):
+    from tests.helpers import tiny_model
+
+    subject = pi.load(tiny_model(arch))
+    corrupt = tokens.clone()
+    corrupt[:, 3] = corrupt[:, 3] % 47 + 1
+    metric = pi.metrics.loss()
+    try:  # random weights: whichever of the two scores better is the clean run
+        sw = pi.patch_sweep(subject, clean=tokens, corrupt=corrupt, metric=metric)
+    except pi.InterpError:
+        tokens, corrupt = corrupt, tokens
+        sw = pi.patch_sweep(subject, clean=tokens, corrupt=corrupt, metric=metric)
+    n_layers, seq = subject.n_layers, tokens.shape[1]
+    for site in [pi.resid(0).at(1), pi.resid(1).at(0), pi.resid(0).at(5), pi.resid(0).at(3), pi.resid(1).at(3),
+                 pi.resid(1).at(2), pi.resid(n_layers - 1).at(seq - 1)]:
+        one = pi.patch(subject, site, clean=tokens, corrupt=corrupt, metric=metric)
+        np.testing.assert_allclose(sw[site].values, one.values, atol=1e-6, err_msg=str(site))
+    if arch == "bert":  # every position sees position 3 from layer 1 on: nothing can be skipped there
+        assert sw[pi.resid(1).at(2)].mean != 0
+        return
+    # a causal model: positions before 3 are the same in both runs at every layer, and at layer 0 only
+    # position 3 differs; those patches are not run and restore exactly nothing
+    same = [(lay, p) for lay in range(n_layers) for p in range(seq) if p < 3 or (lay == 0 and p != 3)]
+    for lay, p in same:
+        assert sw[pi.resid(lay).at(p)].mean == 0.0
+    ran = sum((n_layers - lay) * (seq - p) for lay in range(n_layers) for p in range(seq) if (lay, p) not in same)
+    assert sw.work.fraction == pytest.approx(ran / (n_layers * seq * n_layers * seq))
+
+
+def test_interventions_of_unknown_purity_are_always_run(tiny_llama, tokens):
+    class Keep(pi.Intervention):  # a user's intervention: the sweep cannot know it is deterministic
+        must_change = False
+
+        def prepare(self, subject, site, tokens):
+            return lambda act, rows: act.clone()
+
+        def describe(self):
+            return "keep"
+
+    sw = pi.sweep(tiny_llama, [pi.resid(1), pi.mlp(0)], inputs=tokens, metric=pi.metrics.loss(), how=Keep())
+    assert sw.work.fraction == pytest.approx((1 + 2) / (2 * 2))
+    assert sw[pi.resid(1)].mean == pytest.approx(0.0, abs=1e-6)
+    assert not pi.Intervention.pure and pi.Zero.pure and pi.Mean.pure
+
+
 def test_attribution_screen_matches_exact_effects_in_the_linear_regime(tiny_llama, tokens):
     metric = pi.metrics.loss()
     est = pi.attribution_sweep(tiny_llama, inputs=tokens, metric=metric)
