@@ -166,7 +166,8 @@ class _Answer(Metric):
             ids[label] = got
 
         def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
-            last = logits[:, self.position].float()
+            # logits of every position, or (LM head run at the last position only) of the last one
+            last = (logits[:, self.position] if logits.shape[1] == t else logits[:, -1]).float()
             a = ids["answer"][rows]
             if "wrong" in ids:
                 return last.gather(-1, a[:, None])[:, 0] - last.gather(-1, ids["wrong"][rows][:, None])[:, 0]

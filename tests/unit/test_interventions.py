@@ -1,5 +1,6 @@
 """Interventions act exactly where the design says, on every built-in architecture."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +136,18 @@ def test_metrics_match_manual_computation(tiny_llama, tokens):
     kl = pi.metrics.kl().bind(tiny_llama, tokens)(logits, rows, logits)
     assert torch.allclose(kl, torch.zeros_like(kl))
     assert pi.metrics.loss().higher_is_better is False and pi.metrics.accuracy().higher_is_better is True
+
+
+def test_last_position_named_by_its_index_reads_the_last_logits(tiny_llama, tokens):
+    # the LM head runs at the last position only; position=seq-1 must read it as position=-1 does
+    seq = tokens.shape[1]
+    by_index = pi.metrics.logprob(tokens[:, 3], position=seq - 1)
+    by_end = pi.metrics.logprob(tokens[:, 3], position=-1)
+    one = pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=by_index, how=pi.Zero())
+    other = pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=by_end, how=pi.Zero())
+    np.testing.assert_allclose(one.values, other.values, atol=1e-6)
+    sw = pi.sweep(tiny_llama, [pi.mlp(0), pi.resid(1).at(seq - 1)], inputs=tokens, metric=by_index, how=pi.Zero())
+    assert sw[pi.mlp(0)].mean == pytest.approx(one.mean, abs=1e-6)
 
 
 def test_user_metric(tiny_llama, tokens):
