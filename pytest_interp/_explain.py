@@ -175,6 +175,46 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
                           seen=repr(steps), fix="e.g. steps=32")
     n, t = tokens.shape
     keep = _fixed_mask(fixed, n, t).to(tokens.device)
+    if baseline is not None:
+        baseline = int(baseline)
+        subject.token_ids([baseline], name="baseline")  # a bad id fails here, not inside a cached run
+
+    def parts() -> dict[str, Any]:
+        from ._cache import tensor_digest
+
+        return {"model": subject.fingerprint, "kind": "integrated gradients", "tokens": tensor_digest(tokens),
+                "answer": tensor_digest(ans), "fixed": tensor_digest(keep), "steps": steps, "baseline": baseline,
+                "position": position, "dtype": subject.dtype_key, "device": str(subject.device),
+                "attn": subject.attn_implementation, "batch_size": settings().batch_size}
+
+    from ._cache import current
+
+    # per example: t attributions, the completeness delta, and f(inputs) - f(baseline)
+    got = current().scores(parts, lambda: _ig_run(subject, tokens, ans, steps, baseline, keep, position)).double()
+    scores, deltas, gaps = got[:, :t], got[:, t].numpy(), got[:, t + 1].numpy()
+    d = np.array(deltas)
+    spread = np.abs(np.array(gaps))
+    if bool((np.abs(d) > 0.05 * np.maximum(spread, 1e-3)).any()):
+        import warnings
+
+        from ._errors import InterpWarning
+
+        warnings.warn(f"integrated gradients has not converged: the attributions miss f(inputs) - f(baseline) by up "
+                      f"to {np.abs(d).max():.3g} (completeness delta) with {steps} steps; raise steps=, or use a token "
+                      f"baseline (baseline=<token id>), and keep tokens whose embedding is zero (often BOS) fixed "
+                      f"(fixed=[0]): a path to or from zero embeddings is degenerate for models that normalise their "
+                      f"input without adding position embeddings first", InterpWarning, stacklevel=2)
+    return Attribution(scores.numpy(), "integrated_gradients", tokens, position,
+                       {"delta": d, "max_abs_delta": float(np.abs(d).max()), "steps": steps,
+                        "baseline": "zeros" if baseline is None else f"token {int(baseline)}",
+                        "fixed": keep.cpu().numpy()})
+
+
+def _ig_run(subject: Any, tokens: torch.Tensor, ans: torch.Tensor, steps: int, baseline: int | None,
+            keep: torch.Tensor, position: int) -> torch.Tensor:
+    """Integrated gradients per example: ``[n, t + 2]`` float64 with the t attributions, the completeness delta
+    and f(inputs) - f(baseline)."""
+    n, t = tokens.shape
     bs = max(1, settings().batch_size)
     alphas = (torch.arange(steps, dtype=torch.float64) + 0.5) / steps
     per = max(1, bs // steps)  # examples per chunk
@@ -201,22 +241,8 @@ def integrated_gradients(subject: Any, inputs: Any, answer: Any, *, steps: int =
         scores.append(attr.sum(-1).cpu())
         deltas += (attr.sum((1, 2)) - (f[:m] - f[m:]).double()).cpu().tolist()
         gaps += (f[:m] - f[m:]).double().cpu().tolist()
-    d = np.array(deltas)
-    spread = np.abs(np.array(gaps))
-    if bool((np.abs(d) > 0.05 * np.maximum(spread, 1e-3)).any()):
-        import warnings
-
-        from ._errors import InterpWarning
-
-        warnings.warn(f"integrated gradients has not converged: the attributions miss f(inputs) - f(baseline) by up "
-                      f"to {np.abs(d).max():.3g} (completeness delta) with {steps} steps; raise steps=, or use a token "
-                      f"baseline (baseline=<token id>), and keep tokens whose embedding is zero (often BOS) fixed "
-                      f"(fixed=[0]): a path to or from zero embeddings is degenerate for models that normalise their "
-                      f"input without adding position embeddings first", InterpWarning, stacklevel=2)
-    return Attribution(torch.cat(scores).numpy(), "integrated_gradients", tokens, position,
-                       {"delta": d, "max_abs_delta": float(np.abs(d).max()), "steps": steps,
-                        "baseline": "zeros" if baseline is None else f"token {int(baseline)}",
-                        "fixed": keep.cpu().numpy()})
+    return torch.cat([torch.cat(scores), torch.tensor(deltas, dtype=torch.float64)[:, None],
+                      torch.tensor(gaps, dtype=torch.float64)[:, None]], 1)
 
 
 def _fixed_mask(fixed: Any, n: int, t: int) -> torch.Tensor:

@@ -144,3 +144,21 @@ def test_tracing_and_context_runs_are_cached(cache, induction):
     hits = cache.hits
     b = pi.leave_out(induction, prompts, 0)
     assert cache.hits > hits and a.mean == b.mean
+
+
+def test_integrated_gradients_are_cached(cache, induction):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    toks = torch.randint(1, 64, (4, 9), generator=g)
+    toks[:, 0] = 0
+    first = pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=8, baseline=1, fixed=[0])
+    assert cache.writes == 1 and cache.hits == 0
+    again = pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=8, baseline=1, fixed=[0])
+    assert cache.hits == 1
+    np.testing.assert_array_equal(again.scores, first.scores)
+    np.testing.assert_array_equal(again.details["delta"], first.details["delta"])
+    pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=16, baseline=1, fixed=[0])
+    pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=8, baseline=2, fixed=[0])
+    pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=8, baseline=1)
+    assert cache.writes == 4 and cache.hits == 1  # steps, baseline and fixed tokens are part of the key
