@@ -103,14 +103,16 @@ def _capture_blocks(subject: Any, chunk: torch.Tensor, keep_cache: bool, head: d
     return outs, logits, _plain_cache(getattr(out, "past_key_values", None)) if keep_cache else None, acts
 
 
-def _unchanged(edit: Edit, act: torch.Tensor | None, rows: torch.Tensor, batch: int) -> bool:
-    """Whether ``edit`` leaves the clean activation ``act`` exactly as it is (then the run is the clean run:
-    e.g. patching a position before the first one where clean and corrupt inputs differ)."""
+def _skippable(edit: Edit, act: torch.Tensor | None, rows: torch.Tensor, batch: int, unread: bool) -> bool:
+    """Whether ``edit``'s run is the clean run as far as the metric can see: the edit leaves the clean activation
+    ``act`` exactly as it is (e.g. patching a position before the first one where clean and corrupt inputs
+    differ), or (``unread``) it changes only positions the metric does not read, nor (causal) anything before
+    them."""
     if not edit.pure or act is None:
         return False
     fired, changed = edit.fired, edit.changed
-    if torch.equal(_apply(edit, act, rows, batch), act):
-        return True  # the site's hook fired (in the clean pass) and changed nothing
+    if torch.equal(_apply(edit, act, rows, batch), act) or unread:
+        return True  # the site's hook fired (in the clean pass) on the activation it would see
     edit.fired, edit.changed = fired, changed  # the edit runs: its own hook must fire and change it
     return False
 
@@ -171,9 +173,9 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
 
     An edit at layer l and position p (causal models) runs only blocks >= l on positions >= p: blocks below l
     return their clean outputs, and positions before p come from the clean run's key/value cache and logits.
-    When the metric reads only the last position, the LM head runs only there. A pure edit that leaves the
-    clean activation exactly as it is (patching where the two runs agree) is not run at all: its scores are
-    the clean run's.
+    The LM head runs only at the positions the metric reads. A pure edit that leaves the clean activation
+    exactly as it is (patching where the two runs agree), or changes only positions after every one the metric
+    reads, is not run at all: its scores are the clean run's.
     """
     n_layers = subject.n_layers
     batch, seq = tokens.shape
@@ -184,6 +186,8 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
               for e in edits]
     order = sorted(range(len(edits)), key=lambda i: starts[i])
     head = subject.head_kwargs(score)  # the LM head only where the metric reads
+    reads = getattr(score, "reads", None)
+    r_lo = reads[0] if head else 0  # the clean logits cover positions [r_lo, ...)
     progress = Progress(len(edits) * len(range(0, batch, settings().batch_size)), "pytest-interp sweep")
     for rows in _chunks(batch):
         chunk = tokens[rows.to(tokens.device)]
@@ -195,13 +199,15 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
         dev_rows = rows.to(tokens.device)
         groups: dict[tuple[int, int], list[int]] = {}
         for i in order:
-            if _unchanged(edits[i], acts.get(edits[i].site.unrestricted), rows, batch):
-                # an edit that changes nothing changes no number downstream: its run is the clean run
+            layer, p = starts[i]
+            p = p if cache is not None else 0
+            unread = bool(p) and reads is not None and reads[1] <= p
+            if _skippable(edits[i], acts.get(edits[i].site.unrestricted), rows, batch, unread):
+                # an edit that changes nothing the metric reads: its run is the clean run
                 parts[i].append(score(clean_logits, dev_rows, clean_logits if needs_clean else None).detach())
                 progress.step()
                 continue
-            layer, p = starts[i]
-            groups.setdefault((layer, p if cache is not None else 0), []).append(i)
+            groups.setdefault((layer, p), []).append(i)
         for (layer, p), members in groups.items():
             for j in range(0, len(members), k_max):
                 pack_ids = members[j:j + k_max]
@@ -232,9 +238,11 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                     if p:
                         positions = torch.arange(p, seq, device=chunk.device)[None].expand(k * b, -1)
                         out = subject.forward(chunk[:, p:].repeat(k, 1), past_key_values=_prefix_cache(cache, p, k),
-                                              position_ids=positions, use_cache=True, **head)
-                        logits = _logits(out) if head else torch.cat([clean_logits[:, :p].repeat(k, 1, 1),
-                                                                      _logits(out)], 1)
+                                              position_ids=positions, use_cache=True,
+                                              **subject.head_kwargs(score, start=p))
+                        logits = _logits(out)  # positions [max(r_lo, p), ...); earlier ones are the clean run's
+                        if p > r_lo:
+                            logits = torch.cat([clean_logits[:, :p - r_lo].repeat(k, 1, 1), logits], 1)
                     else:
                         logits = _logits(subject.forward(chunk.repeat(k, 1), **head))
                     logits = _finite(logits, "intervened run")

@@ -94,6 +94,23 @@ def _mask(mask: Any, tokens: torch.Tensor, what: str) -> torch.Tensor:
     return m
 
 
+def _counted(m: torch.Tensor) -> tuple[int, int]:
+    """The range [lo, hi) of columns of a mask in which some row counts."""
+    cols = m.any(0).nonzero()[:, 0]
+    return int(cols[0]), int(cols[-1]) + 1
+
+
+def _window(logits: torch.Tensor, lo: int, hi: int, seq: int) -> torch.Tensor:
+    """Positions [lo, hi) of ``logits``: full-length logits (``seq`` positions), or logits the LM head computed
+    only there (see ``Subject.head_kwargs``)."""
+    if logits.shape[1] == seq:
+        return logits[:, lo:hi]
+    if logits.shape[1] != hi - lo:
+        raise InterpError("logits cover other positions than the metric reads", expected=f"{seq} or {hi - lo}",
+                          seen=f"{logits.shape[1]} positions", fix="score full-length logits")
+    return logits
+
+
 class _Loss(Metric):
     def __init__(self, mask: Any, accuracy: bool = False) -> None:
         super().__init__(None, higher_is_better=accuracy,
@@ -110,17 +127,21 @@ class _Loss(Metric):
     def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         m = _mask(self.mask, tokens, self.name)
         targets = tokens[:, 1:]
+        t = tokens.shape[1]
+
+        lo, hi = _counted(m)
 
         def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
-            lg = logits[:, :-1].float()
-            tgt = targets[rows]
+            lg = _window(logits, lo, hi, t).float()
+            tgt = targets[rows][:, lo:hi]
             if self.accuracy:
                 per = (lg.argmax(-1) == tgt).float()
             else:
                 per = -torch.log_softmax(lg, -1).gather(-1, tgt[..., None])[..., 0]
-            mm = m[rows].float()
+            mm = m[rows][:, lo:hi].float()
             return (per * mm).sum(1) / mm.sum(1)
 
+        score.reads, score.seq = (lo, hi), t  # type: ignore[attr-defined]  # the LM head may skip the rest
         return score
 
 
@@ -165,15 +186,16 @@ class _Answer(Metric):
                                   fix=f"pass {label} with the batch's length")
             ids[label] = got
 
+        pos = self.position % t
+
         def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
-            # logits of every position, or (LM head run at the last position only) of the last one
-            last = (logits[:, self.position] if logits.shape[1] == t else logits[:, -1]).float()
+            last = _window(logits, pos, pos + 1, t)[:, 0].float()
             a = ids["answer"][rows]
             if "wrong" in ids:
                 return last.gather(-1, a[:, None])[:, 0] - last.gather(-1, ids["wrong"][rows][:, None])[:, 0]
             return torch.log_softmax(last, -1).gather(-1, a[:, None])[:, 0]
 
-        score.last_only = self.position in (-1, t - 1)  # type: ignore[attr-defined]  # the LM head may skip the rest
+        score.reads, score.seq = (pos, pos + 1), t  # type: ignore[attr-defined]  # the LM head may skip the rest
         return score
 
 
@@ -209,14 +231,20 @@ class _KL(Metric):
                 raise InterpError("kl mask has the wrong shape", expected=f"[batch, seq] = {[b, t]}",
                                   seen=str(list(m.shape)), fix="mask[b, t] True: position t's distribution counts")
 
+        if not bool(m.any(1).all()):
+            raise InterpError("kl mask counts no position for some example", expected="at least one True per row",
+                              seen=f"{int((~m.any(1)).sum())} empty row(s)", fix="widen the mask or drop those rows")
+        lo, hi = _counted(m)
+
         def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
             assert clean_logits is not None
-            p = torch.log_softmax(clean_logits.float(), -1)
-            q = torch.log_softmax(logits.float(), -1)
+            p = torch.log_softmax(_window(clean_logits, lo, hi, t).float(), -1)
+            q = torch.log_softmax(_window(logits, lo, hi, t).float(), -1)
             per = (p.exp() * (p - q)).sum(-1).clamp_min(0)
-            mm = m[rows].float()
+            mm = m[rows][:, lo:hi].float()
             return (per * mm).sum(1) / mm.sum(1)
 
+        score.reads, score.seq = (lo, hi), t  # type: ignore[attr-defined]
         return score
 
 

@@ -272,9 +272,13 @@ class Subject:
         return t
 
     # running -----------------------------------------------------------------------------------------
-    def head_kwargs(self, score: Any) -> dict[str, Any]:
-        """Forward arguments that run the LM head only where ``score`` reads the logits (the last position)."""
-        if not getattr(score, "last_only", False) or not self.adapter.causal:
+    def head_kwargs(self, score: Any, start: int = 0) -> dict[str, Any]:
+        """Forward arguments that run the LM head only at the positions ``score`` reads (``score.reads``, a range
+        ``[lo, hi)`` of a ``score.seq``-token input), for a pass over positions ``[start, seq)`` that covers some
+        of them. The logits then cover ``[max(lo, start), hi)``; ``{}`` (every position) when the metric reads
+        them all or the model cannot skip its head."""
+        reads = getattr(score, "reads", None)
+        if reads is None or not self.adapter.causal:
             return {}
         if self._keeps_logits is None:
             import inspect
@@ -283,7 +287,13 @@ class Subject:
                 self._keeps_logits = "logits_to_keep" in inspect.signature(type(self.model).forward).parameters
             except (TypeError, ValueError):
                 self._keeps_logits = False
-        return {"logits_to_keep": 1} if self._keeps_logits else {}
+        if not self._keeps_logits:
+            return {}
+        lo, hi = reads
+        first = max(lo, start)
+        if hi == score.seq:
+            return {"logits_to_keep": hi - first}  # the last positions
+        return {"logits_to_keep": torch.arange(first - start, hi - start, device=self.device)}
 
     def forward(self, tokens: torch.Tensor, **kwargs: Any) -> Any:
         """One forward pass without gradients; returns the model output."""

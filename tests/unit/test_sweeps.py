@@ -93,12 +93,46 @@ def test_patches_that_change_nothing_are_not_run(arch, tokens):
         assert sw[pi.resid(1).at(2)].mean != 0
         return
     # a causal model: positions before 3 are the same in both runs at every layer, and at layer 0 only
-    # position 3 differs; those patches are not run and restore exactly nothing
-    same = [(lay, p) for lay in range(n_layers) for p in range(seq) if p < 3 or (lay == 0 and p != 3)]
+    # position 3 differs; the last position makes no prediction the loss counts. Those patches are not run and
+    # restore exactly nothing
+    same = [(lay, p) for lay in range(n_layers) for p in range(seq)
+            if p < 3 or (lay == 0 and p != 3) or p == seq - 1]
     for lay, p in same:
         assert sw[pi.resid(lay).at(p)].mean == 0.0
     ran = sum((n_layers - lay) * (seq - p) for lay in range(n_layers) for p in range(seq) if (lay, p) not in same)
     assert sw.work.fraction == pytest.approx(ran / (n_layers * seq * n_layers * seq))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_the_lm_head_runs_only_where_the_metric_reads(arch, tokens):
+    from tests.helpers import tiny_model
+
+    subject = pi.load(tiny_model(arch))
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    mask[:, 6:11] = True  # the predictions made at positions 6..10
+
+    def manual(logits, toks):  # the same loss from every position's logits
+        lp = torch.log_softmax(logits[:, 6:11].float(), -1).gather(-1, toks[:, 7:12, None])[..., 0]
+        return -lp.mean(1)
+
+    widths = []
+    head = subject.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda m, a, o: widths.append(a[0].shape[1]))
+    sites = [pi.head(0, 1), pi.head(1, 0), pi.mlp(1).at(8), pi.resid(1).at(3), pi.resid(1).at(12)]
+    try:
+        trimmed = pi.sweep(subject, sites, inputs=tokens, metric=pi.metrics.loss(mask=mask), how=pi.Zero())
+    finally:
+        handle.remove()
+    assert widths and max(widths) == 5  # never more than the 5 positions read
+    full = pi.sweep(subject, sites, inputs=tokens, metric=pi.metrics.Metric(manual, higher_is_better=False), how=pi.Zero())
+    for site in sites:
+        assert trimmed[site].mean == pytest.approx(full[site].mean, abs=1e-5), site
+    assert trimmed[pi.resid(1).at(12)].mean == 0.0  # after every position read: not run
+    middle = pi.metrics.logprob(tokens[:, 9], position=8)  # one position inside the sequence
+    sw = pi.sweep(subject, sites, inputs=tokens, metric=middle, how=pi.Zero())
+    for site in sites:
+        one = pi.ablate(subject, site, inputs=tokens, metric=middle, how=pi.Zero())
+        assert sw[site].mean == pytest.approx(one.mean, abs=1e-5), site
 
 
 def test_interventions_of_unknown_purity_are_always_run(tiny_llama, tokens):
