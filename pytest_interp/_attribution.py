@@ -13,7 +13,7 @@ from ._errors import InterpError
 from ._experiments import _metric, _stat_args, _subject, _to_np
 from ._interventions import Intervention, Mean, Zero, check_how
 from ._metrics import Metric
-from ._runner import _hooks, _install, _logits, check_site
+from ._runner import _chunks, _hooks, _install, _logits, _position_mask, capture, check_site, remember
 from ._sites import Site, as_sites
 from ._stats import mean_effect
 from ._sweeps import Sweep, all_heads
@@ -26,56 +26,68 @@ def attribution_sweep(subject: Any, sites: Iterable[Site] | None = None, *, inpu
     ``damage ~ -(replacement - activation) . d score / d activation`` (sign flipped for lower-is-better
     metrics), for every site at once. Supports ``Mean()`` and ``Zero()``."""
     subject, metric = _subject(subject), _metric(metric)
-    how = check_how(Mean() if how is None else how)
-    if not isinstance(how, (Mean, Zero)):
-        raise InterpError("attribution needs a deterministic replacement", expected="pi.Mean() or pi.Zero()",
-                          seen=how.describe(), fix="screen with Mean or Zero, then run the exact sweep")
-    if metric.needs_clean:
-        raise InterpError(f"metric {metric.name} has no useful gradient at the clean run",
-                          expected="loss, logprob, logit_diff, accuracy-free metrics", seen=metric.name,
-                          fix="screen with pi.metrics.loss() or logprob(answer)")
-    sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
-    tokens = subject.tokens(inputs)
-    for s in sites_t:
-        check_site(subject, s, tokens)
-    replace = {s: how.prepare(subject, s, tokens) for s in sites_t}
-    score = metric.bind(subject, tokens)
-    sign = -1.0 if metric.higher_is_better else 1.0
-    est: dict[Site, list[np.ndarray]] = {s: [] for s in sites_t}
-    from ._runner import _chunks, _position_mask
-
-    emb = subject.model.get_input_embeddings()
-    for rows in _chunks(tokens.shape[0]):
-        chunk = tokens[rows.to(tokens.device)]
-        acts: dict[Site, torch.Tensor] = {}
-        handles = [emb.register_forward_hook(lambda m, a, o: o.detach().requires_grad_())]
+    with subject.steady():  # one fingerprint for every site
+        how = check_how(Mean() if how is None else how)
+        if not isinstance(how, (Mean, Zero)):
+            raise InterpError("attribution needs a deterministic replacement",
+                              expected="pi.Mean() or pi.Zero()",
+                              seen=how.describe(), fix="screen with Mean or Zero, then run the exact sweep")
+        if metric.needs_clean:
+            raise InterpError(f"metric {metric.name} has no useful gradient at the clean run",
+                              expected="loss, logprob, logit_diff, accuracy-free metrics", seen=metric.name,
+                              fix="screen with pi.metrics.loss() or logprob(answer)")
+        sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
+        tokens = subject.tokens(inputs)
         for s in sites_t:
-            def keep(act: torch.Tensor, s: Site = s) -> torch.Tensor:
-                act = act * 1.0  # a fresh node whose gradient is this site's, even for a head's slice
-                act.retain_grad()
-                acts[s] = act
-                return act
-            handles.append(_install(subject, s, keep))
-        with torch.enable_grad(), _hooks(subject, handles):
-            out = subject.model(input_ids=chunk, **({"use_cache": False} if subject.adapter.causal else {}))
-            total = score(_logits(out), rows.to(tokens.device)).sum()
-            total.backward()
-        for s in sites_t:
-            a = acts[s]
-            if a.grad is None:
-                raise InterpError(f"no gradient reached {s}", expected="a site upstream of the logits",
-                                  seen="grad None", fix="check the adapter for this model")
-            delta = replace[s](a.detach(), rows) - a.detach()
-            mask = _position_mask(s, rows, tokens.shape[0], a.shape[1], a.device)
-            if mask is not None:
-                delta = delta * mask[..., None]
-            est[s].append(_to_np(sign * (delta * a.grad).sum((1, 2))))
-    st = _stat_args(alpha, seed)
-    effects = {s: mean_effect(np.concatenate(est[s]), sites=(s,), method="attribution",
-                              intervention=f"first-order estimate of {how.describe()}", metric=metric.name,
-                              higher_is_better=metric.higher_is_better, model=subject.identity(), **st)
-               for s in sites_t}
-    return Sweep(effects, f"attribution screen: {how.describe()}, estimated damage to {metric.name}")
+            check_site(subject, s, tokens)
+        source = how.reads(subject, tokens)
+        # the replacement reads clean activations of ``source``: when that is the batch itself and it fits in
+        # one forward pass, the screen's own pass provides them; otherwise one capture pass reads every site
+        own = source is not None and len(list(_chunks(tokens.shape[0]))) == 1 and torch.equal(source, tokens)
+        if source is not None and not own:
+            capture(subject, source, list(dict.fromkeys(s.unrestricted for s in sites_t)))
+        replace = {} if own else {s: how.prepare(subject, s, tokens) for s in sites_t}
+        score = metric.bind(subject, tokens)
+        sign = -1.0 if metric.higher_is_better else 1.0
+        est: dict[Site, list[np.ndarray]] = {s: [] for s in sites_t}
+        emb = subject.model.get_input_embeddings()
+        for rows in _chunks(tokens.shape[0]):
+            chunk = tokens[rows.to(tokens.device)]
+            acts: dict[Site, torch.Tensor] = {}
+            handles = [emb.register_forward_hook(lambda m, a, o: o.detach().requires_grad_())]
+            for s in sites_t:
+                def keep(act: torch.Tensor, s: Site = s) -> torch.Tensor:
+                    act = act * 1.0  # a fresh node whose gradient is this site's, even for a head's slice
+                    act.retain_grad()
+                    acts[s] = act
+                    return act
+                handles.append(_install(subject, s, keep))
+            with torch.enable_grad(), _hooks(subject, handles):
+                kwargs = {"use_cache": False} if subject.adapter.causal else {}
+                out = subject.model(input_ids=chunk, **kwargs)
+                total = score(_logits(out), rows.to(tokens.device)).sum()
+                total.backward()
+            if own:
+                for s in sites_t:
+                    remember(subject, tokens, s.unrestricted, acts[s].detach())
+                replace = {s: how.prepare(subject, s, tokens) for s in sites_t}
+            for s in sites_t:
+                a = acts[s]
+                if a.grad is None:
+                    raise InterpError(f"no gradient reached {s}", expected="a site upstream of the logits",
+                                      seen="grad None", fix="check the adapter for this model")
+                delta = replace[s](a.detach(), rows) - a.detach()
+                mask = _position_mask(s, rows, tokens.shape[0], a.shape[1], a.device)
+                if mask is not None:
+                    delta = delta * mask[..., None]
+                est[s].append(_to_np(sign * (delta * a.grad).sum((1, 2))))
+        st = _stat_args(alpha, seed)
+        effects = {s: mean_effect(np.concatenate(est[s]), sites=(s,), method="attribution",
+                                  intervention=f"first-order estimate of {how.describe()}",
+                                  metric=metric.name,
+                                  higher_is_better=metric.higher_is_better, model=subject.identity(), **st)
+                   for s in sites_t}
+        return Sweep(effects, f"attribution screen: {how.describe()}, estimated damage to {metric.name}")
 
 
 def rank_agreement(estimate: Sweep, exact: Sweep) -> float:

@@ -242,6 +242,15 @@ def _key(tokens: torch.Tensor) -> str:
     return hashlib.sha1(t.numpy().tobytes() + str(tuple(t.shape)).encode()).hexdigest()
 
 
+def remember(subject: Any, tokens: torch.Tensor, site: Site, act: torch.Tensor) -> None:
+    """Record ``act`` as the clean activation of ``site`` (all positions) on ``tokens``, read by a pass
+    that ran anyway, so :func:`capture` need not run another."""
+    memo = subject.clean_memo
+    if len(memo) > _MEMO_LIMIT:
+        memo.clear()
+    memo[(_key(tokens), site)] = act.detach().clone()
+
+
 def capture(subject: Any, tokens: torch.Tensor, sites: list[Site]) -> dict[Site, torch.Tensor]:
     """Clean activations of ``sites`` (all positions) on ``tokens``: ``{site: [batch, seq, d]}``. Memoised."""
     memo = subject.clean_memo

@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -41,6 +42,7 @@ class Subject:
         self._loaded_state: tuple[Any, ...] | None = None
         self._fingerprint: str | None = None
         self._fingerprint_state: tuple[Any, ...] = ()
+        self._steady: str | None = None  # the fingerprint while the library itself runs many experiments
         self._file_fingerprint: str | None = None
         self._identity: dict[str, Any] | None = None
         self.clean_memo: dict[tuple[Any, ...], Any] = {}
@@ -155,6 +157,8 @@ class Subject:
         files, memoised by their size and modification time in the run cache), so a warm run need not load them.
         Once a weight tensor is replaced or modified in place (tracked by torch's version counters), it is
         recomputed from the tensors, so an edited model never matches its old cache entries."""
+        if self._steady is not None:
+            return self._steady
         if self.path is not None and (self._model is None or self._weights_state() == self._loaded_state):
             if self._file_fingerprint is None:
                 self._file_fingerprint = _files_fingerprint(Path(self.path))
@@ -172,6 +176,19 @@ class Subject:
                 h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    @contextmanager
+    def steady(self) -> Iterator[None]:
+        """Within: the weights are not edited (only the library's own code runs, as in a sweep), so the
+        fingerprint is taken once instead of re-checking every tensor for every site."""
+        if self._steady is not None:
+            yield
+            return
+        self._steady = self.fingerprint
+        try:
+            yield
+        finally:
+            self._steady = None
 
     def identity(self) -> dict[str, Any]:
         """What identifies the model and how it was run: the controls every report records."""

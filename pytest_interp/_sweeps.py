@@ -102,49 +102,57 @@ def sweep(subject: Any, sites: Iterable[Site] | None = None, *, inputs: Any, met
     actually run. Inside a pytest session the sweep's grid is added to the HTML report as a heatmap.
     """
     subject, metric = _subject(subject), _metric(metric)
-    sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
-    how = resolve_how(sites_t, how)
-    tokens = subject.tokens(inputs)
-    for s in sites_t:
-        check_site(subject, s, tokens)
-    score = metric.bind(subject, tokens)
-    clean = cached_run(subject, tokens, metric, score)
-    st = _stat_args(alpha, seed)
-    scores, work = _cached_sites(subject, tokens, metric, score, sites_t, how)
-    effects = {s: ablation_effect(subject, (s,), metric, how, clean, scores[s], st) for s in sites_t}
-    result = Sweep(effects, f"ablation sweep: {how.describe()}, damage to {metric.name}")
-    result.work = work
-    result._record()
-    return result
+    with subject.steady():  # one fingerprint for every site
+        sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
+        how = resolve_how(sites_t, how)
+        tokens = subject.tokens(inputs)
+        for s in sites_t:
+            check_site(subject, s, tokens)
+        score = metric.bind(subject, tokens)
+        clean = cached_run(subject, tokens, metric, score)
+        st = _stat_args(alpha, seed)
+        scores, work = _cached_sites(subject, tokens, metric, score, sites_t, how)
+        effects = {s: ablation_effect(subject, (s,), metric, how, clean, scores[s], st) for s in sites_t}
+        result = Sweep(effects, f"ablation sweep: {how.describe()}, damage to {metric.name}")
+        result.work = work
+        result._record()
+        return result
 
 
 def patch_sweep(subject: Any, *, clean: Any, corrupt: Any, metric: Metric, layers: Iterable[int] | None = None,
                 positions: Iterable[int] | None = None, kind: str = "resid", into: str = "corrupt",
                 alpha: float | None = None, seed: int | None = None) -> Sweep:
     """Patch ``kind`` (``resid``, ``attn`` or ``mlp``) at each (layer, position); ``result[site]`` equals
-    ``pi.patch`` at that site. Defaults: every layer and every position."""
+    ``pi.patch`` at that site. Defaults: every layer and every position.
+
+    In a causal model each pass starts at its position (earlier keys and values come from the unpatched run),
+    and sites where the two runs' activations are bit-for-bit equal (every position before the first differing
+    token; at layer 0, every unchanged token) or that only change positions after the ones the metric reads
+    are not run: their scores are the unpatched run's. ``result.work.fraction`` counts what did run."""
     from ._sites import attn, mlp, resid
 
     subject, metric = _subject(subject), _metric(metric)
-    make = {"resid": resid, "attn": attn, "mlp": mlp}.get(kind)
-    if make is None:
-        raise InterpError(f"patch_sweep kind {kind!r} is not supported", expected="'resid', 'attn' or 'mlp'",
-                          seen=repr(kind), fix="pick one of the three")
-    prep = PreparedPatch(subject, clean, corrupt, metric, into)
-    seq = prep.target.shape[1]
-    layers_l = list(range(subject.n_layers)) if layers is None else list(layers)
-    positions_l = list(range(seq)) if positions is None else list(positions)
-    sites_t = as_sites([make(lay).at(p) for lay in layers_l for p in positions_l])
-    for s in sites_t:
-        check_site(subject, s, prep.target)
-    st = _stat_args(alpha, seed)
-    how = Patch(source=prep.source, label=prep.label)
-    scores, work = _cached_sites(subject, prep.target, prep.metric, prep.score, sites_t, how)
-    effects = {s: patch_effect(subject, (s,), prep, scores[s], st) for s in sites_t}
-    result = Sweep(effects, f"{kind} patching sweep ({prep.label}): restored fraction of {metric.name}")
-    result.work = work
-    result._record()
-    return result
+    with subject.steady():  # one fingerprint for every site
+        make = {"resid": resid, "attn": attn, "mlp": mlp}.get(kind)
+        if make is None:
+            raise InterpError(f"patch_sweep kind {kind!r} is not supported",
+                              expected="'resid', 'attn' or 'mlp'",
+                              seen=repr(kind), fix="pick one of the three")
+        prep = PreparedPatch(subject, clean, corrupt, metric, into)
+        seq = prep.target.shape[1]
+        layers_l = list(range(subject.n_layers)) if layers is None else list(layers)
+        positions_l = list(range(seq)) if positions is None else list(positions)
+        sites_t = as_sites([make(lay).at(p) for lay in layers_l for p in positions_l])
+        for s in sites_t:
+            check_site(subject, s, prep.target)
+        st = _stat_args(alpha, seed)
+        how = Patch(source=prep.source, label=prep.label)
+        scores, work = _cached_sites(subject, prep.target, prep.metric, prep.score, sites_t, how)
+        effects = {s: patch_effect(subject, (s,), prep, scores[s], st) for s in sites_t}
+        result = Sweep(effects, f"{kind} patching sweep ({prep.label}): restored fraction of {metric.name}")
+        result.work = work
+        result._record()
+        return result
 
 
 def _cached_sites(subject: Any, tokens: torch.Tensor, metric: Metric, score: Any, sites_t: tuple[Site, ...],

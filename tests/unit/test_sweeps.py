@@ -161,3 +161,23 @@ def test_attribution_screen_matches_exact_effects_in_the_linear_regime(tiny_llam
     assert est[pi.head(0, 0)].method == "attribution"
     with pytest.raises(pi.InterpError, match="deterministic replacement"):
         pi.attribution_sweep(tiny_llama, inputs=tokens, metric=metric, how=pi.Noise())
+
+
+@pytest.mark.parametrize("fits", [True, False], ids=["one-pass", "chunked"])
+def test_attribution_screen_reads_its_means_without_a_pass_per_site(fits, tokens):
+    from pytest_interp import _settings
+    from tests.helpers import tiny_model
+
+    subject = pi.load(tiny_model("llama"))
+    calls = []
+    handle = subject.model.register_forward_hook(lambda m, a, o: calls.append(1))
+    if not fits:
+        _settings.configure(batch_size=8)  # 12 examples: two chunks
+    try:
+        est = pi.attribution_sweep(subject, inputs=tokens, metric=pi.metrics.loss())
+    finally:
+        _settings.configure(batch_size=64)
+        handle.remove()
+    assert len(calls) == (1 if fits else 2 + 2)  # own pass; or capture, then screen (2 chunks)
+    exact = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
+    assert pi.rank_agreement(est, exact) > 0.9
