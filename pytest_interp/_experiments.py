@@ -90,13 +90,19 @@ def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: M
     """
     subject, metric = _subject(subject), _metric(metric)
     sites_t = as_sites(sites)
+    how, tokens, score, clean = prepare_ablation(subject, sites_t, how, inputs, metric)
+    return ablate_prepared(subject, sites_t, tokens, metric, score, clean, how, _stat_args(alpha, seed))
+
+
+def prepare_ablation(subject: Subject, sites_t: tuple[Site, ...], how: Intervention | None, inputs: Any,
+                     metric: Metric) -> tuple[Intervention, torch.Tensor, Any, torch.Tensor]:
+    """An ablation's intervention, validated inputs and sites, bound metric, and clean scores."""
     how = resolve_how(sites_t, how)
     tokens = subject.tokens(inputs)
     for s in sites_t:
         check_site(subject, s, tokens)
     score = metric.bind(subject, tokens)
-    clean = cached_run(subject, tokens, metric, score)
-    return ablate_prepared(subject, sites_t, tokens, metric, score, clean, how, _stat_args(alpha, seed))
+    return how, tokens, score, cached_run(subject, tokens, metric, score)
 
 
 def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.Tensor, metric: Metric,

@@ -11,8 +11,8 @@ import torch
 from . import _records
 from ._cache import current as current_cache
 from ._errors import InterpError
-from ._experiments import (PreparedPatch, _metric, _stat_args, _subject, ablation_effect, cached_run, resolve_how,
-                           patch_effect, run_parts)
+from ._experiments import (PreparedPatch, _metric, _stat_args, _subject, ablation_effect, patch_effect,
+                           prepare_ablation, run_parts)
 from ._fast import Work, run_sites
 from ._interventions import Intervention, Patch
 from ._metrics import Metric
@@ -104,12 +104,7 @@ def sweep(subject: Any, sites: Iterable[Site] | None = None, *, inputs: Any, met
     subject, metric = _subject(subject), _metric(metric)
     with subject.steady():  # one fingerprint for every site
         sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
-        how = resolve_how(sites_t, how)
-        tokens = subject.tokens(inputs)
-        for s in sites_t:
-            check_site(subject, s, tokens)
-        score = metric.bind(subject, tokens)
-        clean = cached_run(subject, tokens, metric, score)
+        how, tokens, score, clean = prepare_ablation(subject, sites_t, how, inputs, metric)
         st = _stat_args(alpha, seed)
         scores, work = _cached_sites(subject, tokens, metric, score, sites_t, how)
         effects = {s: ablation_effect(subject, (s,), metric, how, clean, scores[s], st) for s in sites_t}
