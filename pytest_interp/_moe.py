@@ -304,25 +304,46 @@ def routing(subject: Any, inputs: Any, *, layers: Any = None, record: bool = Tru
     from ._runner import _chunks, _hooks, check_layer
 
     subject = _subject(subject)
-    n_exp = subject.adapter.n_experts
     layers_l = list(range(subject.n_layers)) if layers is None else [int(x) for x in layers]
     for layer in layers_l:
         check_layer(subject, layer)
-        subject.adapter.router(layer)
     tokens = subject.tokens(inputs)
-    got: dict[int, list[Route]] = {layer: [] for layer in layers_l}
-    for rows in _chunks(tokens.shape[0]):
-        handles = []
+
+    def parts() -> dict[str, Any]:
+        from ._cache import tensor_digest
+        from ._settings import settings
+
+        return {"model": subject.fingerprint, "kind": "routing log", "tokens": tensor_digest(tokens),
+                "layers": layers_l, "dtype": subject.dtype_key, "device": str(subject.device),
+                "attn": subject.attn_implementation, "batch_size": settings().batch_size}
+
+    def compute() -> torch.Tensor:
         for layer in layers_l:
-            def read(route: Route, layer: int = layer) -> None:
-                got[layer].append(route.clone())
-                return None
-            handles.append(install(subject, layer, read))
-        with _hooks(subject, handles):
-            subject.forward(tokens[rows.to(tokens.device)])
-    index = {lay: torch.cat([r.index for r in rs]).cpu() for lay, rs in got.items()}
-    weights = {lay: torch.cat([r.weights for r in rs]).float().cpu() for lay, rs in got.items()}
-    probs = {lay: torch.softmax(torch.cat([r.logits for r in rs]).float(), -1).cpu() for lay, rs in got.items()}
+            subject.adapter.router(layer)  # a dense model or a missing router fails here
+        got: dict[int, list[Route]] = {layer: [] for layer in layers_l}
+        for rows in _chunks(tokens.shape[0]):
+            handles = []
+            for layer in layers_l:
+                def read(route: Route, layer: int = layer) -> None:
+                    got[layer].append(route.clone())
+                    return None
+                handles.append(install(subject, layer, read))
+            with _hooks(subject, handles):
+                subject.forward(tokens[rows.to(tokens.device)])
+        # per layer [batch, seq, k + k + E]: chosen experts, their weights, the router's distribution
+        return torch.stack([torch.cat([torch.cat([r.index for r in rs]).double(),
+                                       torch.cat([r.weights for r in rs]).double(),
+                                       torch.softmax(torch.cat([r.logits for r in rs]).float(), -1).double()], -1)
+                            for rs in got.values()]).cpu()
+
+    from ._cache import current
+
+    log = current().scores(parts, compute)
+    n_exp = int(subject.n_experts or 0)
+    k = (log.shape[-1] - n_exp) // 2
+    index = {lay: log[i, ..., :k].long() for i, lay in enumerate(layers_l)}
+    weights = {lay: log[i, ..., k:2 * k].float() for i, lay in enumerate(layers_l)}
+    probs = {lay: log[i, ..., 2 * k:].float() for i, lay in enumerate(layers_l)}
     result = Routing(index, weights, probs, int(n_exp))
     if record:
         values, row_labels, col_labels = result.grid()

@@ -162,3 +162,20 @@ def test_integrated_gradients_are_cached(cache, induction):
     pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=8, baseline=2, fixed=[0])
     pi.explain.integrated_gradients(induction, toks, toks[:, 3], steps=8, baseline=1)
     assert cache.writes == 4 and cache.hits == 1  # steps, baseline and fixed tokens are part of the key
+
+
+def test_routing_logs_are_cached(cache, tokens):
+    subject = pi.load(tiny_model("mixtral"))
+    first = pi.routing(subject, tokens, record=False)
+    assert cache.writes == 1
+    again = pi.routing(subject, tokens, record=False)
+    assert cache.hits == 1
+    for layer in first.layers:
+        assert torch.equal(again.index[layer], first.index[layer])
+        assert torch.equal(again.weights[layer], first.weights[layer])
+        assert torch.equal(again.probs[layer], first.probs[layer])
+    assert again.index[0].dtype == torch.long and again.index[0].shape == (*tokens.shape, 2)
+    pi.routing(subject, tokens, layers=[1], record=False)
+    assert cache.writes == 2  # the layers are part of the key
+    with pytest.raises(pi.InterpError):
+        pi.routing(pi.load(tiny_model("llama")), tokens)  # a dense model still fails, cache or not
