@@ -108,13 +108,18 @@ def _skippable(edit: Edit, act: torch.Tensor | None, rows: torch.Tensor, batch: 
     ``act`` exactly as it is (e.g. patching a position before the first one where clean and corrupt inputs
     differ), or (``unread``) it changes only positions the metric does not read, nor (causal) anything before
     them."""
-    if not edit.pure or act is None:
-        return False
+    if not edit.pure or act is None or (edit.must_change and not unread):
+        return False  # an ablation that changes nothing is an error the no-op guard reports, not a skip
     fired, changed = edit.fired, edit.changed
     if torch.equal(_apply(edit, act, rows, batch), act) or unread:
         return True  # the site's hook fired (in the clean pass) on the activation it would see
     edit.fired, edit.changed = fired, changed  # the edit runs: its own hook must fire and change it
     return False
+
+
+def _unread(reads: tuple[int, int] | None, p: int) -> bool:
+    """Whether a pass starting at position ``p`` (causal prefix reuse) changes no position the metric reads."""
+    return bool(p) and reads is not None and reads[1] <= p
 
 
 def _plain_cache(cache: Any) -> Any:
@@ -193,16 +198,18 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
         chunk = tokens[rows.to(tokens.device)]
         b = chunk.shape[0]
         k_max = pack or max(1, settings().batch_size // b)
-        pure_sites = list(dict.fromkeys(edits[i].site.unrestricted for i in order if edits[i].pure))
+        # clean activations, kept only for the edits that may be skipped: patches (which may change nothing)
+        # and edits after every position the metric reads
+        check = list(dict.fromkeys(edits[i].site.unrestricted for i in order if edits[i].pure and (
+            not edits[i].must_change or _unread(reads, starts[i][1]))))
         outputs, clean_logits, cache, acts = _capture_blocks(subject, chunk, any(p for _, p in starts), head,
-                                                             pure_sites)
+                                                             check)
         dev_rows = rows.to(tokens.device)
         groups: dict[tuple[int, int], list[int]] = {}
         for i in order:
             layer, p = starts[i]
             p = p if cache is not None else 0
-            unread = bool(p) and reads is not None and reads[1] <= p
-            if _skippable(edits[i], acts.get(edits[i].site.unrestricted), rows, batch, unread):
+            if _skippable(edits[i], acts.get(edits[i].site.unrestricted), rows, batch, _unread(reads, p)):
                 # an edit that changes nothing the metric reads: its run is the clean run
                 parts[i].append(score(clean_logits, dev_rows, clean_logits if needs_clean else None).detach())
                 progress.step()
@@ -241,7 +248,9 @@ def run_sites(subject: Any, tokens: torch.Tensor, edits: list[Edit], score: Scor
                                               position_ids=positions, use_cache=True,
                                               **subject.head_kwargs(score, start=p))
                         logits = _logits(out)  # positions [max(r_lo, p), ...); earlier ones are the clean run's
-                        if p > r_lo:
+                        if _unread(reads, p):  # the metric reads only positions before p: all clean
+                            logits = clean_logits.repeat(k, 1, 1)
+                        elif p > r_lo:
                             logits = torch.cat([clean_logits[:, :p - r_lo].repeat(k, 1, 1), logits], 1)
                     else:
                         logits = _logits(subject.forward(chunk.repeat(k, 1), **head))

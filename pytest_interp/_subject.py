@@ -307,6 +307,8 @@ class Subject:
         if not self._keeps_logits:
             return {}
         lo, hi = reads
+        if hi <= start:
+            return {"logits_to_keep": 1}  # the pass changes no logit the metric reads: compute as few as possible
         first = max(lo, start)
         if hi == score.seq:
             return {"logits_to_keep": hi - first}  # the last positions

@@ -149,6 +149,11 @@ def test_interventions_of_unknown_purity_are_always_run(tiny_llama, tokens):
     assert sw.work.fraction == pytest.approx((1 + 2) / (2 * 2))
     assert sw[pi.resid(1)].mean == pytest.approx(0.0, abs=1e-6)
     assert not pi.Intervention.pure and pi.Zero.pure and pi.Mean.pure
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    mask[:, 2:6] = True
+    late = pi.sweep(tiny_llama, [pi.resid(1).at(9)], inputs=tokens, metric=pi.metrics.loss(mask=mask), how=Keep())
+    assert late.work.fraction == pytest.approx((1 * (16 - 9)) / (2 * 16))  # run, though after every read position
+    assert late[pi.resid(1).at(9)].mean == 0.0
 
 
 def test_attribution_screen_matches_exact_effects_in_the_linear_regime(tiny_llama, tokens):
