@@ -216,3 +216,11 @@ def test_ragged_text_is_refused(induction):
     with pytest.raises(pi.InterpError) as err:
         pi.ablate(induction, pi.mlp(0), inputs=["<bos> t1 t2 t3", "<bos> t1 t2"], metric=LOSS)
     check(err, "different lengths")
+
+
+def test_kl_mask_with_an_empty_row(tiny_llama, tokens):
+    mask = torch.ones(tokens.shape, dtype=torch.bool)
+    mask[3] = False  # example 3 would score 0/0
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=pi.metrics.kl(mask=mask), how=pi.Zero())
+    check(err, "counts no position")
