@@ -9,67 +9,67 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ClaimFailed, InterpError, InterpWarning, InterventionNoOpError
-from ._sites import Site, attn, expert, head, mlp, resid, router
+from .core.errors import ClaimFailed, InterpError, InterpWarning, InterventionNoOpError
+from .core.sites import Site, attn, expert, head, mlp, resid, router
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Adapter": "_adapters",
-    "Attribution": "_explain",
-    "Effect": "_stats",
-    "Faithfulness": "_explain",
-    "Force": "_moe",
-    "Intervention": "_interventions",
-    "Mean": "_interventions",
-    "Noise": "_interventions",
-    "Prompt": "_context",
-    "Remove": "_moe",
-    "RepeatedTokens": "_data",
-    "Reroute": "_moe",
-    "Resample": "_interventions",
-    "Routing": "_moe",
-    "Segment": "_context",
-    "Settings": "_settings",
-    "Subject": "_subject",
-    "Sweep": "_sweeps",
-    "Trace": "_trace",
-    "Zero": "_interventions",
-    "ablate": "_experiments",
-    "assert_document_necessary": "_context",
-    "assert_document_unused": "_context",
-    "assert_expert_necessary": "_moe",
-    "assert_expert_not_necessary": "_moe",
-    "assert_faithful": "_explain",
-    "assert_induction_head": "_claims",
-    "assert_mediates": "_trace",
-    "assert_necessary": "_claims",
-    "assert_not_faithful": "_explain",
-    "assert_not_necessary": "_claims",
-    "assert_restores": "_claims",
-    "assert_routes_to": "_moe",
-    "assert_tool_output_necessary": "_context",
-    "attribution_sweep": "_attribution",
-    "configure": "_settings",
-    "faithfulness": "_explain",
-    "induction_scores": "_claims",
-    "keep_only": "_context",
-    "leave_one_out": "_context",
-    "leave_out": "_context",
-    "load": "_subject",
-    "patch": "_experiments",
-    "patch_sweep": "_sweeps",
-    "provenance": "_context",
-    "rank_agreement": "_attribution",
-    "register_adapter": "_adapters",
-    "repeated_tokens": "_data",
-    "replace_segment": "_context",
-    "restore": "_trace",
-    "routing": "_moe",
-    "settings": "_settings",
-    "shuffle_segments": "_context",
-    "sweep": "_sweeps",
-    "trace": "_trace",
+    "Adapter": "model.adapters",
+    "Attribution": "experiments.explain",
+    "Effect": "core.stats",
+    "Faithfulness": "experiments.faithfulness",
+    "Force": "engine.experts",
+    "Intervention": "engine.interventions",
+    "Mean": "engine.interventions",
+    "Noise": "engine.interventions",
+    "Prompt": "experiments.prompts",
+    "Remove": "engine.experts",
+    "RepeatedTokens": "core.data",
+    "Reroute": "engine.experts",
+    "Resample": "engine.interventions",
+    "Routing": "experiments.routing",
+    "Segment": "experiments.prompts",
+    "Settings": "core.settings",
+    "Subject": "model.subject",
+    "Sweep": "experiments.sweeps",
+    "Trace": "experiments.tracing",
+    "Zero": "engine.interventions",
+    "ablate": "experiments.ablation",
+    "assert_document_necessary": "assertions.documents",
+    "assert_document_unused": "assertions.documents",
+    "assert_expert_necessary": "assertions.experts",
+    "assert_expert_not_necessary": "assertions.experts",
+    "assert_faithful": "assertions.faithfulness",
+    "assert_induction_head": "assertions.induction",
+    "assert_mediates": "assertions.tracing",
+    "assert_necessary": "assertions.ablation",
+    "assert_not_faithful": "assertions.faithfulness",
+    "assert_not_necessary": "assertions.ablation",
+    "assert_restores": "assertions.ablation",
+    "assert_routes_to": "assertions.experts",
+    "assert_tool_output_necessary": "assertions.documents",
+    "attribution_sweep": "experiments.screen",
+    "configure": "core.settings",
+    "faithfulness": "experiments.faithfulness",
+    "induction_scores": "experiments.induction",
+    "keep_only": "experiments.segments",
+    "leave_one_out": "experiments.segments",
+    "leave_out": "experiments.segments",
+    "load": "model.subject",
+    "patch": "experiments.patching",
+    "patch_sweep": "experiments.sweeps",
+    "provenance": "experiments.segments",
+    "rank_agreement": "experiments.screen",
+    "register_adapter": "model.adapters",
+    "repeated_tokens": "core.data",
+    "replace_segment": "experiments.segments",
+    "restore": "experiments.tracing",
+    "routing": "experiments.routing",
+    "settings": "core.settings",
+    "shuffle_segments": "experiments.segments",
+    "sweep": "experiments.sweeps",
+    "trace": "experiments.tracing",
 }
 _SUBMODULES = {"explain", "metrics", "strategies"}
 
@@ -162,22 +162,27 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from . import explain, metrics, strategies
-    from ._adapters import Adapter
-    from ._attribution import attribution_sweep, rank_agreement
-    from ._adapters import register as register_adapter
-    from ._claims import (assert_induction_head, assert_necessary, assert_not_necessary, assert_restores,
-                          induction_scores)
-    from ._context import (Prompt, Segment, assert_document_necessary, assert_document_unused,
-                           assert_tool_output_necessary, keep_only, leave_one_out, leave_out, provenance,
-                           replace_segment, shuffle_segments)
-    from ._data import RepeatedTokens, repeated_tokens
-    from ._explain import Attribution, Faithfulness, assert_faithful, assert_not_faithful, faithfulness
-    from ._experiments import ablate, patch
-    from ._interventions import Intervention, Mean, Noise, Resample, Zero
-    from ._moe import (Force, Remove, Reroute, Routing, assert_expert_necessary, assert_expert_not_necessary,
-                       assert_routes_to, routing)
-    from ._settings import Settings, configure, settings
-    from ._stats import Effect
-    from ._subject import Subject, load
-    from ._sweeps import Sweep, patch_sweep, sweep
-    from ._trace import Trace, assert_mediates, restore, trace
+    from .assertions.ablation import assert_necessary, assert_not_necessary, assert_restores
+    from .assertions.documents import assert_document_necessary, assert_document_unused, assert_tool_output_necessary
+    from .assertions.experts import assert_expert_necessary, assert_expert_not_necessary, assert_routes_to
+    from .assertions.faithfulness import assert_faithful, assert_not_faithful
+    from .assertions.induction import assert_induction_head
+    from .assertions.tracing import assert_mediates
+    from .core.data import RepeatedTokens, repeated_tokens
+    from .core.settings import Settings, configure, settings
+    from .core.stats import Effect
+    from .engine.experts import Force, Remove, Reroute
+    from .engine.interventions import Intervention, Mean, Noise, Resample, Zero
+    from .experiments.ablation import ablate
+    from .experiments.explain import Attribution
+    from .experiments.faithfulness import Faithfulness, faithfulness
+    from .experiments.induction import induction_scores
+    from .experiments.patching import patch
+    from .experiments.prompts import Prompt, Segment
+    from .experiments.routing import Routing, routing
+    from .experiments.screen import attribution_sweep, rank_agreement
+    from .experiments.segments import (keep_only, leave_one_out, leave_out, provenance, replace_segment, shuffle_segments)
+    from .experiments.sweeps import Sweep, patch_sweep, sweep
+    from .experiments.tracing import Trace, restore, trace
+    from .model.adapters import Adapter, register as register_adapter
+    from .model.subject import Subject, load

@@ -106,18 +106,19 @@ def pytest_configure(config: pytest.Config) -> None:
     values = {name.replace("-", "_"): _value(config, name, t, d) for name, t, d, _ in _OPTIONS}
     config.stash[_subjects_key] = {}
     config._interp_values = values  # type: ignore[attr-defined]
-    from . import _adapters, _settings
+    from .model import adapters as _adapters
+    from .core import settings as _settings
 
     _settings.configure(alpha=values["alpha"], seed=values["seed"], n_boot=values["n_boot"],
                         n_perm=values["n_perm"], batch_size=values["batch_size"], device=values["device"])
     _adapters._active_hook[:] = [config.hook.pytest_interp_adapter]
-    from ._session import ClaimsSession, Options, configure_cache
+    from .session.session import ClaimsSession, Options, configure_cache
 
     configure_cache(config)
     options = Options(config)
     config.stash[_options_key] = options
     if not hasattr(config, "workerinput"):
-        from ._report import versions
+        from .session.report import versions
 
         controls = {k: values[k] for k in ("alpha", "seed", "n_boot", "n_perm", "batch_size", "device")}
         controls.update(decoding=None, versions=versions())
@@ -125,14 +126,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from . import _adapters, _cache
+    from .model import adapters as _adapters
+    from .core import cache as _cache
 
     _adapters._active_hook[:] = []
     _cache.use(_cache.RunCache())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from ._cache import current
+    from .core.cache import current
 
     v = config._interp_values  # type: ignore[attr-defined]
     model = v["model"] or "(none: set --interp-model or interp_model)"
@@ -169,7 +171,7 @@ def _model_path(request: pytest.FixtureRequest) -> str:
         return raw if os.path.isabs(raw) else str((Path(request.config.rootpath) / raw).resolve())
     path = request.config._interp_values["model"]  # type: ignore[attr-defined]
     if path is None:
-        from ._errors import InterpError
+        from .core.errors import InterpError
 
         raise InterpError("the `subject` fixture has no model to load",
                           expected="a model directory from --interp-model, the interp_model ini key, or "
@@ -184,7 +186,7 @@ def subject(request: pytest.FixtureRequest) -> Any:
 
     Module-scoped, so it works with hypothesis's ``@given``; ``@pytest.mark.interp_model(path)`` therefore
     applies per module (``pytestmark = pytest.mark.interp_model(path)``)."""
-    from ._subject import load
+    from .model.subject import load
 
     path = _model_path(request)
     cache = request.config.stash[_subjects_key]
@@ -197,8 +199,8 @@ def subject(request: pytest.FixtureRequest) -> Any:
 def repeated(subject: Any) -> Any:
     """128 random sequences BOS + A + A (A fills half the context, at most 64 tokens) for the subject:
     ``.tokens``, ``.first_half`` and ``.second_half`` prediction masks."""
-    from ._data import repeated_tokens
-    from ._settings import settings
+    from .core.data import repeated_tokens
+    from .core.settings import settings
 
     return repeated_tokens(subject, n=128, seed=settings().seed, layout="halves")
 
@@ -208,8 +210,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if call.when != "call":
         return report
-    from . import _records, _registry
-    from ._session import CLAIM_PROPERTY, GRID_PROPERTY
+    from .core import records as _records
+    from .session import registry as _registry
+    from .session.session import CLAIM_PROPERTY, GRID_PROPERTY
 
     records = _records.drain()
     for grid in _records.drain_grids():

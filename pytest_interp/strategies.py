@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
-from ._data import RepeatedTokens, from_segments
+from .core.data import RepeatedTokens, from_segments
 
 
 @st.composite

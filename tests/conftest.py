@@ -53,9 +53,9 @@ def positional():
 def _fast_stats():
     """Fewer resamples and no run cache in the suite itself; both are restored after each test."""
     import pytest_interp as pi
-    from pytest_interp import _settings
+    from pytest_interp.core import settings as _settings
 
-    from pytest_interp import _cache
+    from pytest_interp.core import cache as _cache
 
     before, cache = pi.settings(), _cache.current()
     _settings.configure(n_boot=2000, n_perm=2000)

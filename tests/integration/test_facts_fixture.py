@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import pytest_interp as pi
-from pytest_interp._trace import Corruption
+from pytest_interp.experiments.tracing import Corruption
 from tests.helpers import FACTS, fixture_module, shipped
 
 

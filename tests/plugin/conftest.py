@@ -6,7 +6,7 @@ import pytest
 
 # Import every module before pytester snapshots sys.modules: in-process runs then share one copy of each
 # class (a module first imported inside a run would be dropped after it and imported anew by the next).
-import pytest_interp._claims  # noqa: F401
+import pytest_interp.assertions.ablation  # noqa: F401
 import pytest_interp.strategies  # noqa: F401
 from tests.helpers import tiny_model
 

@@ -104,7 +104,7 @@ def test_nan_logits(tokens):
 
 
 def test_finite_check_is_exact_when_the_cheap_sum_overflows():
-    from pytest_interp._runner import _finite
+    from pytest_interp.engine.runner import finite as _finite
 
     huge = torch.full((2, 3, 8), 3e38)  # finite, but its float32 sum is inf
     assert _finite(huge, "clean run") is huge
@@ -118,15 +118,15 @@ def test_attention_from_sdpa_switches_to_eager_and_says_so(tokens):
     s = pi.load(tiny_model("llama", attn="sdpa"))
     assert s.attn_implementation == "sdpa"
     with pytest.raises(pi.InterpError) as err:
-        s.attention(tokens, 0, switch=False)
+        pi.explain.attention_weights(s, tokens, 0, switch=False)
     check(err, "'sdpa' attention", "eager")
     with pytest.warns(pi.InterpWarning, match="switched .* to eager"):
-        att = s.attention(tokens, 0)
+        att = pi.explain.attention_weights(s, tokens, 0)
     assert att.shape == (12, 4, 16, 16)
     assert torch.allclose(att.sum(-1), torch.ones(12, 4, 16), atol=1e-5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        s.attention(tokens, 1)  # already eager: no second warning
+        pi.explain.attention_weights(s, tokens, 1)  # already eager: no second warning
 
 
 def test_intervention_that_does_not_fire(tokens):
@@ -145,7 +145,7 @@ def test_intervention_that_does_not_fire(tokens):
     try:
         s = pi.load(model)
     finally:
-        from pytest_interp import _adapters
+        from pytest_interp.model import adapters as _adapters
 
         _adapters._pm.unregister(plugin)
     assert s.adapter.name == "llama-misrouted"

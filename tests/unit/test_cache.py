@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pytest_interp as pi
-from pytest_interp import _cache
+from pytest_interp.core import cache as _cache
 from tests.helpers import tiny_model
 
 

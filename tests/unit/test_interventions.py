@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import pytest_interp as pi
-from pytest_interp._interventions import Patch
-from pytest_interp._runner import Edit, run
+from pytest_interp.engine.interventions import Patch
+from pytest_interp.engine.hooks import Edit
+from pytest_interp.engine.runner import run
 
 from tests.helpers import ARCHS, tiny_model
 
@@ -83,7 +84,7 @@ def test_mask_positions_per_example(tiny_llama, tokens):
 
 
 def test_mean_replaces_with_per_position_mean(tiny_llama, tokens):
-    from pytest_interp._runner import capture
+    from pytest_interp.engine.runner import capture
 
     site = pi.head(0, 2)
     acts = capture(tiny_llama, tokens, [site])[site]
@@ -95,7 +96,7 @@ def test_mean_replaces_with_per_position_mean(tiny_llama, tokens):
 
 
 def test_resample_is_seeded_and_never_uses_the_example_itself(tiny_llama, tokens):
-    from pytest_interp._runner import capture
+    from pytest_interp.engine.runner import capture
 
     site = pi.mlp(0)
     acts = capture(tiny_llama, tokens, [site])[site]
@@ -108,7 +109,7 @@ def test_resample_is_seeded_and_never_uses_the_example_itself(tiny_llama, tokens
 
 
 def test_noise_is_seeded_and_scaled(tiny_llama, tokens):
-    from pytest_interp._runner import capture
+    from pytest_interp.engine.runner import capture
 
     site = pi.resid(0)
     acts = capture(tiny_llama, tokens, [site])[site]

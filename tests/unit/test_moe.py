@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import pytest_interp as pi
 from pytest_interp import InterpError
-from pytest_interp._moe import Route
+from pytest_interp.engine.hooks import Route
 from tests.helpers import tiny_model
 
 MOE = ["mixtral", "qwen2_moe", "olmoe"]

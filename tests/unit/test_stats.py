@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pytest_interp._stats import bootstrap_ci, mean_effect, sign_flip_p
+from pytest_interp.core.stats import bootstrap_ci, mean_effect, sign_flip_p
 
 
 def test_noop_effect_is_exactly_zero():

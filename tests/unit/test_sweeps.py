@@ -56,7 +56,7 @@ def test_sweep_rejects_unknown_sites(tiny_llama, tokens):
 @pytest.mark.parametrize("how", [pi.Mean(), pi.Resample(seed=2), pi.Noise(seed=1)], ids=["mean", "resample", "noise"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "bert"])
 def test_prefix_reuse_and_packing_do_not_change_numbers(arch, how, tokens):
-    from pytest_interp import _settings
+    from pytest_interp.core import settings as _settings
     from tests.helpers import tiny_model
 
     subject = pi.load(tiny_model(arch))
@@ -170,7 +170,7 @@ def test_attribution_screen_matches_exact_effects_in_the_linear_regime(tiny_llam
 
 @pytest.mark.parametrize("fits", [True, False], ids=["one-pass", "chunked"])
 def test_attribution_screen_reads_its_means_without_a_pass_per_site(fits, tokens):
-    from pytest_interp import _settings
+    from pytest_interp.core import settings as _settings
     from tests.helpers import tiny_model
 
     subject = pi.load(tiny_model("llama"))

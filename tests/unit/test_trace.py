@@ -9,7 +9,7 @@ import torch
 
 import pytest_interp as pi
 from pytest_interp import InterpError
-from pytest_interp._trace import Corruption
+from pytest_interp.experiments.tracing import Corruption
 
 SUBJECT = [2, 3]  # the pair; it recurs at 7, 8 and the model must produce the token at 4
 

@@ -1,0 +1,252 @@
+"""Metrics: per-example behaviour scores read off the logits, each knowing whether higher is better."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .cache import digest_any, tensor_digest
+from .errors import InterpError
+
+
+class Metric:
+    """A per-example behaviour score.
+
+    Args:
+        fn: ``fn(logits, tokens) -> Tensor[batch]``. It is called on batch chunks, so row ``i`` of its
+            output must depend only on row ``i`` of its inputs.
+        higher_is_better: whether a larger score means better behaviour (log-prob: yes; loss: no).
+        name: how reports name the metric.
+        cache_key: a string you change whenever ``fn`` changes; with it, runs scored by this metric are
+            cached across sessions (without it they are recomputed every time).
+    """
+
+    needs_clean = False
+
+    def __init__(self, fn: Callable[..., torch.Tensor] | None = None, higher_is_better: bool = True,
+                 name: str | None = None, cache_key: str | None = None) -> None:
+        self.fn = fn
+        self.higher_is_better = higher_is_better
+        self.name: str = name or str(getattr(fn, "__name__", "metric"))
+        self.cache_key = cache_key
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        """What identifies this metric's numbers in the run cache; None: never cached (a user function
+        without ``cache_key=``, whose code and captured values cannot be fingerprinted safely)."""
+        if self.cache_key is None:
+            return None
+        return {"kind": "user", "name": self.name, "key": self.cache_key, "hib": self.higher_is_better}
+
+    def __repr__(self) -> str:
+        return f"<Metric {self.name} ({'higher' if self.higher_is_better else 'lower'} is better)>"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """Check the metric against a batch; return ``score(logits, rows, clean_logits=None) -> Tensor[rows]``."""
+        fn = self.fn
+        if fn is None:
+            raise InterpError("Metric has no function", expected="Metric(fn, higher_is_better=...)",
+                              seen="fn=None", fix="pass fn(logits, tokens) -> Tensor[batch]")
+
+        def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+            out = torch.as_tensor(fn(logits, tokens[rows]))
+            if out.shape != (len(rows),):
+                raise InterpError(f"metric {self.name} returned the wrong shape",
+                                  expected=f"one score per example: ({len(rows)},)", seen=str(tuple(out.shape)),
+                                  fix="reduce over positions inside the metric function")
+            return out.float()
+
+        return score
+
+
+def _mask(mask: Any, tokens: torch.Tensor, what: str) -> torch.Tensor:
+    """A prediction mask ``[batch, seq-1]``: True where the prediction at t (of token t+1) counts."""
+    b, t = tokens.shape
+    if mask is None:
+        if t < 2:
+            raise InterpError(f"{what} needs at least two tokens per example", expected=">= 2 tokens",
+                              seen=f"{t} token(s)", fix="use longer inputs or metrics.logprob(answer)")
+        return torch.ones(b, t - 1, dtype=torch.bool, device=tokens.device)
+    m = torch.as_tensor(getattr(mask, "mask", mask), device=tokens.device)
+    if m.dtype != torch.bool:
+        raise InterpError(f"{what} mask is not boolean", expected="a bool tensor [batch, seq]", seen=str(m.dtype),
+                          fix="build the mask with comparisons, e.g. positions >= k")
+    if m.dim() == 1:
+        m = m[None].expand(b, -1)
+    if m.shape == (b, t):
+        if bool(m[:, -1].any()):
+            raise InterpError(f"{what} mask counts the prediction at the last position",
+                              expected="mask[:, -1] all False (the last position predicts no input token)",
+                              seen=f"{int(m[:, -1].sum())} example(s) with mask[:, -1] True",
+                              fix="mask[b, t] marks the prediction of token t+1 made at position t")
+        m = m[:, :-1]
+    if m.shape != (b, t - 1):
+        raise InterpError(f"{what} mask has the wrong shape", expected=f"[batch, seq] = {[b, t]}",
+                          seen=str(list(m.shape)), fix="build the mask for the same inputs the claim uses")
+    empty = (~m).all(dim=1)
+    if bool(empty.any()):
+        raise InterpError(f"{what} mask counts no prediction for {int(empty.sum())} example(s)",
+                          expected="at least one counted prediction per example",
+                          seen=f"first empty example: {int(empty.nonzero()[0])}",
+                          fix="drop those examples or widen the mask")
+    return m
+
+
+def _counted(m: torch.Tensor) -> tuple[int, int]:
+    """The range [lo, hi) of columns of a mask in which some row counts."""
+    cols = m.any(0).nonzero()[:, 0]
+    return int(cols[0]), int(cols[-1]) + 1
+
+
+def _window(logits: torch.Tensor, lo: int, hi: int, seq: int) -> torch.Tensor:
+    """Positions [lo, hi) of ``logits``: full-length logits (``seq`` positions), or logits the LM head computed
+    only there (see ``Subject.head_kwargs``)."""
+    if logits.shape[1] == seq:
+        return logits[:, lo:hi]
+    if logits.shape[1] != hi - lo:
+        raise InterpError("logits cover other positions than the metric reads", expected=f"{seq} or {hi - lo}",
+                          seen=f"{logits.shape[1]} positions", fix="score full-length logits")
+    return logits
+
+
+class _Loss(Metric):
+    def __init__(self, mask: Any, accuracy: bool = False) -> None:
+        super().__init__(None, higher_is_better=accuracy,
+                         name=("accuracy" if accuracy else "loss") + ("" if mask is None else "[masked]"))
+        self.mask = mask
+        self.accuracy = accuracy
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        mask = getattr(self.mask, "mask", self.mask)
+        return {"kind": self.name, "mask": tensor_digest(mask)}
+
+    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        m = _mask(self.mask, tokens, self.name)
+        targets = tokens[:, 1:]
+        t = tokens.shape[1]
+
+        lo, hi = _counted(m)
+
+        def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+            lg = _window(logits, lo, hi, t).float()
+            tgt = targets[rows][:, lo:hi]
+            if self.accuracy:
+                per = (lg.argmax(-1) == tgt).float()
+            else:
+                per = -torch.log_softmax(lg, -1).gather(-1, tgt[..., None])[..., 0]
+            mm = m[rows][:, lo:hi].float()
+            return (per * mm).sum(1) / mm.sum(1)
+
+        score.reads, score.seq = (lo, hi), t  # type: ignore[attr-defined]  # the LM head may skip the rest
+        return score
+
+
+def loss(mask: Any = None) -> Metric:
+    """Next-token cross-entropy (nats). ``mask[b, t]`` True: the prediction made at t (of token t+1) counts;
+    per example, the mean over its counted predictions. Lower is better."""
+    return _Loss(mask)
+
+
+def accuracy(mask: Any = None) -> Metric:
+    """Fraction of counted next-token predictions whose argmax is right (mask as for :func:`loss`)."""
+    return _Loss(mask, accuracy=True)
+
+
+class _Answer(Metric):
+    def __init__(self, answer: Any, wrong: Any = None, position: int = -1) -> None:
+        name = "logprob(answer)" if wrong is None else "logit_diff(answer, wrong)"
+        super().__init__(None, higher_is_better=True, name=name)
+        self.answer, self.wrong, self.position = answer, wrong, position
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        return {"kind": self.name, "answer": digest_any(self.answer), "wrong": digest_any(self.wrong),
+                "position": self.position}
+
+    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        b, t = tokens.shape
+        if not -t <= self.position < t:
+            raise InterpError(f"{self.name} reads position {self.position}", expected=f"a position in [-{t}, {t})",
+                              seen=f"sequences of {t} tokens", fix="pass position= within the inputs")
+        ids = {}
+        for label, value in (("answer", self.answer), ("wrong", self.wrong)):
+            if value is None:
+                continue
+            got = subject.token_ids(value, name=label)
+            if got.numel() == 1:
+                got = got.expand(b)
+            if got.numel() != b:
+                raise InterpError(f"{label} has {got.numel()} ids for {b} examples",
+                                  expected="one token id per example (or one for all)", seen=f"{got.numel()} ids",
+                                  fix=f"pass {label} with the batch's length")
+            ids[label] = got
+
+        pos = self.position % t
+
+        def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+            last = _window(logits, pos, pos + 1, t)[:, 0].float()
+            a = ids["answer"][rows]
+            if "wrong" in ids:
+                return last.gather(-1, a[:, None])[:, 0] - last.gather(-1, ids["wrong"][rows][:, None])[:, 0]
+            return torch.log_softmax(last, -1).gather(-1, a[:, None])[:, 0]
+
+        score.reads, score.seq = (pos, pos + 1), t  # type: ignore[attr-defined]  # the LM head may skip the rest
+        return score
+
+
+def logprob(answer: Any, *, position: int = -1) -> Metric:
+    """Log-probability of ``answer`` (token ids [batch], one id, or single-token strings) at ``position``."""
+    return _Answer(answer, None, position)
+
+
+def logit_diff(answer: Any, wrong: Any, *, position: int = -1) -> Metric:
+    """Logit of ``answer`` minus logit of ``wrong`` at ``position`` (default: the last)."""
+    return _Answer(answer, wrong, position)
+
+
+class _KL(Metric):
+    needs_clean = True
+
+    def __init__(self, mask: Any) -> None:
+        super().__init__(None, higher_is_better=False, name="kl")
+        self.mask = mask
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        return {"kind": "kl", "mask": tensor_digest(self.mask)}
+
+    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        b, t = tokens.shape
+        if self.mask is None:
+            m = torch.ones(b, t, dtype=torch.bool, device=tokens.device)
+        else:
+            m = torch.as_tensor(self.mask, device=tokens.device, dtype=torch.bool)
+            if m.shape != (b, t):
+                raise InterpError("kl mask has the wrong shape", expected=f"[batch, seq] = {[b, t]}",
+                                  seen=str(list(m.shape)), fix="mask[b, t] True: position t's distribution counts")
+
+        if not bool(m.any(1).all()):
+            raise InterpError("kl mask counts no position for some example", expected="at least one True per row",
+                              seen=f"{int((~m.any(1)).sum())} empty row(s)", fix="widen the mask or drop those rows")
+        lo, hi = _counted(m)
+
+        def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+            assert clean_logits is not None
+            p = torch.log_softmax(_window(clean_logits, lo, hi, t).float(), -1)
+            q = torch.log_softmax(_window(logits, lo, hi, t).float(), -1)
+            per = (p.exp() * (p - q)).sum(-1).clamp_min(0)
+            mm = m[rows][:, lo:hi].float()
+            return (per * mm).sum(1) / mm.sum(1)
+
+        score.reads, score.seq = (lo, hi), t  # type: ignore[attr-defined]
+        return score
+
+
+def kl(mask: Any = None) -> Metric:
+    """KL divergence of the run's next-token distributions from the clean run's (mean over positions).
+    Zero on the clean run; lower is better."""
+    return _KL(mask)
+
+
+__all__ = ["Metric", "accuracy", "kl", "logit_diff", "logprob", "loss"]

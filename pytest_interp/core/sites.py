@@ -1,0 +1,188 @@
+"""Sites: named places in a model where an intervention acts (heads, blocks, the residual stream, experts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+from .errors import InterpError
+
+KINDS = ("head", "attn", "mlp", "resid", "expert", "router")
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A hashable stand-in for a ``slice`` of token positions."""
+
+    start: int | None
+    stop: int | None
+    step: int | None
+
+    def __str__(self) -> str:
+        s = f"{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}"
+        return s if self.step in (None, 1) else f"{s}:{self.step}"
+
+
+@dataclass(frozen=True)
+class Mask:
+    """A hashable boolean mask ``[batch, seq]`` of token positions."""
+
+    rows: tuple[tuple[bool, ...], ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.rows), len(self.rows[0]) if self.rows else 0)
+
+    def __str__(self) -> str:
+        b, t = self.shape
+        return f"mask[{b}x{t}]"
+
+
+Positions = int | tuple[int, ...] | Slice | Mask | None
+
+
+def _normalise_positions(positions: Any) -> Positions:
+    if positions is None:
+        return None
+    if isinstance(positions, bool):
+        raise InterpError("site.at() got a bool", expected="an int, a list of ints, a slice or a bool mask "
+                          "[batch, seq]", seen=repr(positions), fix="pass the token position(s), e.g. .at(-1)")
+    if isinstance(positions, int):
+        return positions
+    if isinstance(positions, slice):
+        return Slice(positions.start, positions.stop, positions.step)
+    if hasattr(positions, "tolist"):  # torch / numpy
+        positions = positions.tolist()
+    if isinstance(positions, (list, tuple)):
+        if positions and all(isinstance(p, (list, tuple)) for p in positions):
+            rows = tuple(tuple(bool(x) for x in row) for row in positions)
+            if len({len(r) for r in rows}) != 1:
+                raise InterpError("position mask rows have different lengths", expected="a [batch, seq] mask",
+                                  seen=f"row lengths {sorted({len(r) for r in rows})}",
+                                  fix="pass a rectangular bool tensor")
+            return Mask(rows)
+        if not positions:
+            raise InterpError("site.at() got no positions", expected="at least one token position",
+                              seen="an empty list", fix="pass the positions to intervene on, or drop .at()")
+        if all(isinstance(p, bool) for p in positions):
+            raise InterpError("site.at() got a 1-d bool mask", expected="a [batch, seq] bool mask, or ints",
+                              seen=f"{len(positions)} bools", fix="use mask[None].expand(batch, -1) or indices")
+        if not all(isinstance(p, int) for p in positions):
+            raise InterpError("site.at() got positions that are not ints", expected="ints",
+                              seen=repr(positions)[:80], fix="pass integer token positions")
+        return tuple(positions)
+    raise InterpError("site.at() got an unsupported position type",
+                      expected="int, list of ints, slice, or bool mask [batch, seq]",
+                      seen=type(positions).__name__, fix="convert the positions to one of the expected types")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in a model. Printed in paper notation: ``head 1.4``, ``mlp 5 @ -1``.
+
+    Attributes:
+        kind: one of ``head``, ``attn``, ``mlp``, ``resid``, ``expert``, ``router``.
+        layer: the layer index.
+        index: the head or expert index (``None`` for whole-layer sites).
+        positions: token positions the site is restricted to (``None``: all).
+    """
+
+    kind: str
+    layer: int
+    index: int | None = None
+    positions: Positions = None
+
+    def at(self, positions: Any) -> Site:
+        """Restrict the site to token positions: an int, a list of ints, a slice, or a bool mask [batch, seq]."""
+        return replace(self, positions=_normalise_positions(positions))
+
+    @property
+    def number(self) -> int:
+        """The head or expert index of a head or expert site."""
+        if self.index is None:
+            raise InterpError(f"{self} has no head or expert index", expected="a head or expert site",
+                              seen=f"a {self.kind} site", fix="use pi.head(layer, h) or pi.expert(layer, e)")
+        return self.index
+
+    @property
+    def unrestricted(self) -> Site:
+        """The same site over all positions."""
+        return replace(self, positions=None)
+
+    def __str__(self) -> str:
+        name = f"{self.kind} {self.layer}" if self.index is None else f"{self.kind} {self.layer}.{self.index}"
+        if self.positions is None:
+            return name
+        if isinstance(self.positions, tuple):
+            return f"{name} @ [{', '.join(map(str, self.positions))}]"
+        return f"{name} @ {self.positions}"
+
+    def __repr__(self) -> str:
+        return f"<Site {self}>"
+
+
+def _check_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InterpError(f"{name} must be an int", expected="a non-negative int", seen=repr(value),
+                          fix=f"pass {name} as an int, e.g. pi.head(1, 0)")
+    if value < 0:
+        raise InterpError(f"{name} is negative", expected="a non-negative int", seen=str(value),
+                          fix=f"count {name}s from 0")
+    return value
+
+
+def head(layer: int, head: int) -> Site:
+    """The output of one attention head, at the input of the attention out-projection."""
+    return Site("head", _check_int("layer", layer), _check_int("head", head))
+
+
+def attn(layer: int) -> Site:
+    """The attention block's output (after the out-projection, before it joins the residual stream)."""
+    return Site("attn", _check_int("layer", layer))
+
+
+def mlp(layer: int) -> Site:
+    """The MLP (or MoE block) output, before it joins the residual stream."""
+    return Site("mlp", _check_int("layer", layer))
+
+
+def resid(layer: int) -> Site:
+    """The residual stream entering ``layer``; ``resid(n_layers)`` is the final stream."""
+    return Site("resid", _check_int("layer", layer))
+
+
+def expert(layer: int, e: int) -> Site:
+    """One expert of a MoE layer."""
+    return Site("expert", _check_int("layer", layer), _check_int("expert", e))
+
+
+def router(layer: int) -> Site:
+    """The router logits of a MoE layer."""
+    return Site("router", _check_int("layer", layer))
+
+
+def as_sites(sites: Site | Iterable[Site]) -> tuple[Site, ...]:
+    """Normalise one site or an iterable of sites to a non-empty tuple, rejecting other objects."""
+    if isinstance(sites, Site):
+        return (sites,)
+    if isinstance(sites, (str, bytes)) or not isinstance(sites, Iterable):
+        raise InterpError("sites must be a Site or a list of Sites", expected="e.g. pi.head(1, 0) or "
+                          "[pi.head(1, 0), pi.head(1, 2)]", seen=repr(sites)[:80],
+                          fix="build sites with pi.head / pi.attn / pi.mlp / pi.resid / pi.expert / pi.router")
+    out = tuple(sites)
+    if not out:
+        raise InterpError("no sites given", expected="at least one Site", seen="an empty collection",
+                          fix="name the site(s) to intervene on")
+    bad = [s for s in out if not isinstance(s, Site)]
+    if bad:
+        raise InterpError("sites must be Site objects", expected="pi.head(...), pi.mlp(...), ...",
+                          seen=repr(bad[0])[:80], fix="build sites with the pi.* site constructors")
+    if len(set(out)) != len(out):
+        raise InterpError("the same site is named twice", expected="distinct sites",
+                          seen=", ".join(map(str, out)), fix="remove the duplicate")
+    return out
+
+
+def describe(sites: tuple[Site, ...]) -> str:
+    """Sites in paper notation, joined with '+'."""
+    return " + ".join(map(str, sites))

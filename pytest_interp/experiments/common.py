@@ -1,0 +1,70 @@
+"""What every interventional experiment shares: argument checks, run-wide statistics settings, the run cache key
+of a scored run, the clean run's scores, and the default intervention for a set of sites."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..core.cache import current as current_cache
+from ..core.cache import site_key, tensor_digest
+from ..core.errors import InterpError
+from ..core.metrics import Metric
+from ..core.settings import settings
+from ..core.sites import Site
+from ..engine.experts import resolve_how as moe_how
+from ..engine.interventions import Intervention, Mean, check_how
+from ..engine.runner import run
+from ..model.subject import Subject
+
+
+def as_metric(metric: Any) -> Metric:
+    """``metric`` if it is a :class:`Metric`, else an InterpError saying how to make one."""
+    if not isinstance(metric, Metric):
+        raise InterpError("metric is not a pi.metrics.Metric", expected="e.g. pi.metrics.loss() or "
+                          "pi.metrics.Metric(fn, higher_is_better=True)", seen=repr(metric)[:80],
+                          fix="wrap a function with pi.metrics.Metric(fn, higher_is_better=...)")
+    return metric
+
+
+def stat_args(alpha: float | None, seed: int | None) -> dict[str, Any]:
+    """The statistics settings of one experiment: its own ``alpha``/``seed``, else the run-wide ones."""
+    s = settings()
+    return {"alpha": s.alpha if alpha is None else alpha, "seed": s.seed if seed is None else seed,
+            "n_boot": s.n_boot, "n_perm": s.n_perm}
+
+
+def run_parts(subject: Subject, tokens: torch.Tensor, metric: Metric, sites_t: tuple[Site, ...] = (),
+              how: Intervention | None = None) -> Callable[[], dict[str, Any] | None]:
+    """The run cache key's parts for scoring ``tokens`` with ``metric`` under ``how`` at ``sites_t``."""
+    def parts() -> dict[str, Any] | None:
+        mspec = metric.cache_spec()
+        if mspec is None:
+            return None
+        spec = subject.adapter_spec
+        return {"model": subject.fingerprint, "adapter": [spec.name, spec.layers, spec.attn_out, spec.mlp],
+                "tokens": tensor_digest(tokens), "metric": mspec, "sites": [site_key(s) for s in sites_t],
+                "intervention": how.spec() if how is not None else "clean",
+                "dtype": subject.dtype_key, "device": str(subject.device),
+                "batch_size": settings().batch_size, "attn": subject.attn_implementation}
+    return parts
+
+
+def cached_run(subject: Subject, tokens: torch.Tensor, metric: Metric, score: Any) -> torch.Tensor:
+    """Per-example scores of the clean run, from the run cache when it has them."""
+    return current_cache().scores(run_parts(subject, tokens, metric), lambda: run(subject, tokens, [], score))
+
+
+def resolve_how(sites_t: tuple[Site, ...], how: Any) -> Intervention:
+    """The intervention to apply at ``sites_t``: ``how`` checked, or the default for those sites (the mean over
+    the inputs; removal after top-k for MoE experts)."""
+    return moe_how(sites_t, None if how is None else check_how(how)) or Mean()
+
+
+def to_np(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a float64 numpy array on the CPU."""
+    return t.detach().to("cpu", torch.float64).numpy()
+
+

@@ -1,0 +1,336 @@
+"""Prompts made of named segments (documents, question, tool calls and outputs): tokenising them once, selecting a
+segment, editing a prompt (delete, mask, reorder, replace) and scoring the answer under each edit (run-cached)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..core.cache import current
+from ..core.errors import InterpError
+from ..core.settings import settings
+from ..engine.runner import logits
+from ..model.subject import Subject
+
+KINDS = ("text", "document", "question", "tool_call", "tool_output")
+_ALIASES = {"doc": "document", "tool": "tool_output", "output": "tool_output", "call": "tool_call"}
+METHODS = ("delete", "mask")
+SCORES = ("logprob", "prob", "accuracy")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named part of a prompt. ``kind`` is one of ``text``, ``document`` (alias ``doc``), ``question``,
+    ``tool_call``, ``tool_output``; ``name`` lets claims address it (e.g. ``name="gold"``)."""
+
+    kind: str
+    text: str
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        kind = _ALIASES.get(self.kind, self.kind)
+        if kind not in KINDS:
+            raise InterpError(f"unknown segment kind {self.kind!r}", expected=f"one of {', '.join(KINDS)}",
+                              seen=repr(self.kind), fix="use 'text' for anything that is not a document, question, "
+                              "tool call or tool output")
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise InterpError(f"a {kind} segment has no text", expected="a non-empty string",
+                              seen=repr(self.text)[:60], fix="drop the segment or give it text")
+        object.__setattr__(self, "kind", kind)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A segment's token range ``[start, stop)`` in an encoded prompt."""
+
+    kind: str
+    index: int  # among the segments of the same kind
+    name: str | None
+    start: int
+    stop: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.index}" + (f" ({self.name})" if self.name else "")
+
+
+class Prompt:
+    """A prompt of named segments and the answer it should produce, tokenised once (see :meth:`encode`).
+
+    Build it from segments (``pi.Segment`` or ``(kind, text)`` / ``(kind, text, name)`` tuples), joined with a
+    space, or from token ids and spans with :meth:`from_ids`::
+
+        pi.Prompt(("text", "<bos>"), ("doc", "[DOC] k5 v3", "gold"), ("doc", "[DOC] k2 v7"),
+                  ("question", "[Q] k5 [A]"), answer="v3")
+    """
+
+    def __init__(self, *segments: Any, answer: str | None = None) -> None:
+        if len(segments) == 1 and isinstance(segments[0], (list, tuple)) and segments[0] and \
+                all(isinstance(s, (Segment, list, tuple)) for s in segments[0]):
+            segments = tuple(segments[0])
+        self.segments = tuple(_segment(s) for s in segments)
+        if not self.segments:
+            raise InterpError("a Prompt needs segments", expected="at least one segment", seen="none",
+                              fix="pass e.g. ('doc', '...'), ('question', '...')")
+        if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+            raise InterpError("the answer must be a non-empty string", expected="e.g. answer='Paris'",
+                              seen=repr(answer)[:60], fix="pass the expected continuation as text")
+        self.answer = answer
+        self._ids: list[int] | None = None
+        self._spans: tuple[Span, ...] | None = None
+        self._answer_ids: list[int] | None = None
+
+    @classmethod
+    def from_ids(cls, ids: Iterable[int], spans: Iterable[tuple[Any, ...]], answer_ids: Iterable[int]) -> Prompt:
+        """A prompt given as token ids with segment spans ``(kind, start, stop)`` or ``(kind, start, stop, name)``
+        (token positions, ``stop`` exclusive; tokens outside every span are kept by every ablation)."""
+        ids_l = [int(i) for i in ids]
+        out = cls.__new__(cls)
+        out.answer = None
+        out._answer_ids = [int(i) for i in answer_ids]
+        if not out._answer_ids:
+            raise InterpError("answer_ids is empty", expected="the answer's token ids", seen="[]",
+                              fix="pass the ids of the expected continuation")
+        raw = []
+        for sp in spans:
+            if len(sp) not in (3, 4):
+                raise InterpError("a span must be (kind, start, stop) or (kind, start, stop, name)",
+                                  expected="3 or 4 items", seen=repr(sp)[:60], fix="e.g. ('doc', 1, 4, 'gold')")
+            kind = Segment(sp[0], "x").kind
+            start, stop = int(sp[1]), int(sp[2])
+            if not 0 <= start < stop <= len(ids_l):
+                raise InterpError(f"span {sp!r} is outside the prompt", expected=f"0 <= start < stop <= {len(ids_l)}",
+                                  seen=f"start {start}, stop {stop}", fix="give token positions within the prompt")
+            raw.append((kind, start, stop, sp[3] if len(sp) == 4 else None))
+        raw.sort(key=lambda r: r[1])
+        for a, b in zip(raw, raw[1:]):
+            if b[1] < a[2]:
+                raise InterpError("prompt segments overlap", expected="disjoint token spans",
+                                  seen=f"{a[0]} [{a[1]}, {a[2]}) and {b[0]} [{b[1]}, {b[2]})",
+                                  fix="split the tokens so that each belongs to at most one segment")
+        out.segments = tuple(Segment(k, f"<tokens {s}:{e}>", n) for k, s, e, n in raw)
+        out._ids = ids_l
+        out._spans = _number(raw)
+        return out
+
+    def encode(self, subject: Any) -> tuple[list[int], tuple[Span, ...], list[int]]:
+        """Token ids of the prompt, each segment's span, and the answer's ids (tokenised once, memoised)."""
+        if self._ids is None or self._spans is None:
+            self._ids, self._spans, self._answer_ids = _encode(subject, self.segments, self.answer)
+        if not self._answer_ids:
+            raise InterpError("this prompt has no answer", expected="Prompt(..., answer='...')", seen="answer=None",
+                              fix="give the continuation the claim is about")
+        return self._ids, self._spans, self._answer_ids
+
+    def structure(self) -> tuple[str, ...]:
+        return tuple(s.kind for s in self.segments)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s.kind}{'=' + s.name if s.name else ''}" for s in self.segments)
+        return f"<Prompt [{parts}] answer={self.answer!r}>"
+
+
+def _segment(s: Any) -> Segment:
+    if isinstance(s, Segment):
+        return s
+    if isinstance(s, (list, tuple)) and len(s) in (2, 3):
+        return Segment(*s)
+    raise InterpError("a prompt segment must be a pi.Segment or a (kind, text[, name]) tuple",
+                      expected="e.g. ('doc', '[DOC] k5 v3')", seen=repr(s)[:60], fix="wrap the text with its kind")
+
+
+def _number(raw: list[tuple[str, int, int, str | None]]) -> tuple[Span, ...]:
+    counts: dict[str, int] = {}
+    out = []
+    for kind, start, stop, name in raw:
+        out.append(Span(kind, counts.get(kind, 0), name, start, stop))
+        counts[kind] = counts.get(kind, 0) + 1
+    return tuple(out)
+
+
+def _encode(subject: Any, segments: tuple[Segment, ...], answer: str | None):
+    tok = subject.tokenizer
+    if tok is None:
+        raise InterpError("prompts of text segments need a tokenizer", expected="a subject with a tokenizer",
+                          seen="tokenizer=None", fix="pass tokenizer= to pi.load, or use pi.Prompt.from_ids")
+    pieces = [s.text for s in segments] + ([answer] if answer is not None else [])
+    text, bounds, pos = "", [], 0
+    for i, piece in enumerate(pieces):
+        if i:
+            text += " "
+            pos += 1
+        bounds.append((pos, pos + len(piece)))
+        text += piece
+        pos += len(piece)
+    try:
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError) as exc:
+        raise InterpError("the tokenizer cannot report character offsets", expected="a fast (Rust) tokenizer",
+                          seen=f"{type(tok).__name__}: {exc}", fix="load a fast tokenizer, or use Prompt.from_ids")
+    ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
+    owner: list[int | None] = []
+    for a, b in offsets:
+        while a < b and text[a].isspace():
+            a += 1
+        if a >= b:
+            owner.append(None)
+            continue
+        seg = next((j for j, (s, e) in enumerate(bounds) if s <= a < e), None)
+        if seg is not None and b > bounds[seg][1]:
+            nxt = pieces[seg + 1][:20] if seg + 1 < len(pieces) else ""
+            raise InterpError("the tokenizer merges text across a segment boundary",
+                              expected="every token inside one segment",
+                              seen=f"token {text[a:b]!r} spans the end of {pieces[seg][-20:]!r} and the start of "
+                                   f"{nxt!r}",
+                              fix="end segments at a word boundary the tokenizer respects (e.g. add a space or "
+                                  "delimiter token), or give spans with Prompt.from_ids")
+        owner.append(seg)
+    raw, answer_ids = [], []
+    for j, s in enumerate(segments):
+        where = [i for i, o in enumerate(owner) if o == j]
+        if not where:
+            raise InterpError(f"the {s.kind} segment {s.text[:30]!r} has no token", expected="at least one token",
+                              seen="none", fix="check the text")
+        raw.append((s.kind, where[0], where[-1] + 1, s.name))
+    if answer is not None:
+        where = [i for i, o in enumerate(owner) if o == len(segments)]
+        if not where or where[-1] != len(ids) - 1:
+            raise InterpError("the answer does not tokenise to the end of the prompt",
+                              expected="answer tokens after the last segment", seen=f"{len(where)} answer token(s)",
+                              fix="check the answer text")
+        answer_ids = [ids[i] for i in where]
+        ids = ids[:where[0]]
+    return ids, _number(raw), answer_ids
+
+
+# --------------------------------------------------------------------------------------------------------------
+# selecting segments
+# --------------------------------------------------------------------------------------------------------------
+
+def as_prompts(prompts: Any) -> list[Prompt]:
+    if isinstance(prompts, Prompt):
+        return [prompts]
+    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, Prompt) for p in prompts):
+        return list(prompts)
+    raise InterpError("prompts must be pi.Prompt objects", expected="a pi.Prompt or a non-empty list of them",
+                      seen=repr(prompts)[:80], fix="build prompts with pi.Prompt(('doc', ...), ..., answer=...)")
+
+
+def select(spans: tuple[Span, ...], which: Any, default_kind: str, where: str) -> Span:
+    """The span ``which`` names: an int (index among ``default_kind`` segments), a name, or ``(kind, index)``."""
+    kind, key = default_kind, which
+    if isinstance(which, tuple) and len(which) == 2:
+        kind, key = str(_ALIASES.get(which[0], which[0])), which[1]
+    if isinstance(key, bool) or not isinstance(key, (int, str)):
+        raise InterpError(f"cannot select a segment with {which!r}", expected=f"a {default_kind} index, a segment "
+                          "name, or (kind, index)", seen=type(which).__name__, fix="e.g. doc=0 or doc='gold'")
+    if isinstance(key, str):
+        hits = [s for s in spans if s.name == key]
+        if len(hits) != 1:
+            names = sorted({s.name for s in spans if s.name})
+            raise InterpError(f"{where} has {'no' if not hits else 'several'} segment(s) named {key!r}",
+                              expected=f"exactly one; names present: {names or 'none'}", seen=f"{len(hits)}",
+                              fix="name the segment when building the prompt, e.g. ('doc', text, 'gold')")
+        return hits[0]
+    of_kind = [s for s in spans if s.kind == kind]
+    if not -len(of_kind) <= key < len(of_kind):
+        raise InterpError(f"{where} has no {kind} {key}", expected=f"an index in 0..{len(of_kind) - 1}"
+                          if of_kind else f"a prompt with a {kind} segment", seen=f"{len(of_kind)} {kind} segment(s)",
+                          fix=f"count {kind} segments from 0")
+    return of_kind[key]
+
+
+def per_prompt(which: Any, n: int) -> list[Any]:
+    if isinstance(which, list):
+        if len(which) != n:
+            raise InterpError("a per-prompt segment list has the wrong length", expected=f"{n} entries",
+                              seen=f"{len(which)}", fix="give one segment per prompt, or one for all")
+        return which
+    return [which] * n
+
+
+# --------------------------------------------------------------------------------------------------------------
+# running edited prompts
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Variant:
+    """One edited prompt: ids, which positions attention must skip, and the answer ids."""
+
+    ids: list[int]
+    hidden: list[int]
+    answer: list[int]
+
+
+def edit_prompt(ids: list[int], spans: tuple[Span, ...], answer: list[int], drop: list[Span], method: str,
+          insert: dict[int, list[int]] | None = None, order: list[Span] | None = None) -> Variant:
+    if method not in METHODS:
+        raise InterpError(f"unknown removal method {method!r}", expected="'delete' (drop the tokens) or 'mask' "
+                          "(keep them, hide them from attention)", seen=repr(method), fix="pick one")
+    if order is not None:  # reorder the given spans among their own slots
+        slots = sorted(order, key=lambda s: s.start)
+        out: list[int] = []
+        pos = 0
+        for slot, src in zip(slots, order):
+            out += ids[pos:slot.start] + ids[src.start:src.stop]
+            pos = slot.stop
+        return Variant(out + ids[pos:], [], answer)
+    if method == "mask" and not insert:
+        hidden = sorted({i for s in drop for i in range(s.start, s.stop)})
+        return Variant(list(ids), hidden, answer)
+    out, pos = [], 0
+    for s in sorted(drop, key=lambda s: s.start):
+        out += ids[pos:s.start] + (insert or {}).get(s.start, [])
+        pos = s.stop
+    return Variant(out + ids[pos:], [], answer)
+
+
+def score_variants(subject: Subject, variants: list[Variant], metric: str = "logprob") -> np.ndarray:
+    """The answer's score under each variant (teacher-forced over the answer's tokens); runs equal lengths
+    together. ``logprob``: summed log-probability; ``prob``: its exp; ``accuracy``: 1 if every answer token is
+    the argmax."""
+    if metric not in SCORES:
+        raise InterpError(f"unknown answer metric {metric!r}", expected=f"one of {', '.join(SCORES)}",
+                          seen=repr(metric), fix="e.g. metric='accuracy'")
+    def parts() -> dict[str, Any]:
+        text = json.dumps([[v.ids, v.hidden, v.answer] for v in variants])
+        return {"model": subject.fingerprint, "kind": "answer score", "metric": metric,
+                "variants": hashlib.sha256(text.encode()).hexdigest(), "dtype": subject.dtype_key,
+                "device": str(subject.device), "attn": subject.attn_implementation,
+                "batch_size": settings().batch_size}
+
+    got = current().scores(parts, lambda: torch.as_tensor(_run_variants(subject, variants, metric)))
+    return got.double().numpy()
+
+
+def _run_variants(subject: Subject, variants: list[Variant], metric: str) -> np.ndarray:
+    out = np.zeros(len(variants))
+    groups: dict[int, list[int]] = {}
+    for i, v in enumerate(variants):
+        groups.setdefault(len(v.ids) + len(v.answer), []).append(i)
+    bs = settings().batch_size
+    for length, members in groups.items():
+        for j in range(0, len(members), bs):
+            rows = members[j:j + bs]
+            full = subject.tokens([variants[i].ids + variants[i].answer for i in rows], name="prompt")
+            mask = torch.ones_like(full)
+            for r, i in enumerate(rows):
+                if variants[i].hidden:
+                    mask[r, variants[i].hidden] = 0
+            pos = torch.arange(length, device=full.device)[None].expand(len(rows), -1)
+            got = logits(subject, full, what="prompt run", attention_mask=mask, position_ids=pos)
+            for r, i in enumerate(rows):
+                a = len(variants[i].answer)
+                lg = got[r, length - a - 1:length - 1].float()
+                tgt = full[r, length - a:]
+                if metric == "accuracy":
+                    out[i] = float((lg.argmax(-1) == tgt).all())
+                else:
+                    lp = float(torch.log_softmax(lg, -1).gather(-1, tgt[:, None]).sum())
+                    out[i] = lp if metric == "logprob" else float(np.exp(lp))
+    return out
