@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 
 from .cache import digest_any, tensor_digest
 from .errors import InterpError
+
+
+
+class TokenIds(Protocol):
+    """What a metric needs of the subject it is bound to: answer strings or ids as one token id each."""
+
+    def token_ids(self, answers: Any, *, name: str = "answer") -> torch.Tensor: ...
 
 
 class Metric:
@@ -44,7 +51,7 @@ class Metric:
     def __str__(self) -> str:
         return self.name
 
-    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         """Check the metric against a batch; return ``score(logits, rows, clean_logits=None) -> Tensor[rows]``."""
         fn = self.fn
         if fn is None:
@@ -123,7 +130,7 @@ class _Loss(Metric):
         mask = getattr(self.mask, "mask", self.mask)
         return {"kind": self.name, "mask": tensor_digest(mask)}
 
-    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         m = _mask(self.mask, tokens, self.name)
         targets = tokens[:, 1:]
         t = tokens.shape[1]
@@ -165,7 +172,7 @@ class _Answer(Metric):
         return {"kind": self.name, "answer": digest_any(self.answer), "wrong": digest_any(self.wrong),
                 "position": self.position}
 
-    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         b, t = tokens.shape
         if not -t <= self.position < t:
             raise InterpError(f"{self.name} reads position {self.position}", expected=f"a position in [-{t}, {t})",
@@ -216,7 +223,7 @@ class _KL(Metric):
     def cache_spec(self) -> dict[str, Any] | None:
         return {"kind": "kl", "mask": tensor_digest(self.mask)}
 
-    def bind(self, subject: Any, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         b, t = tokens.shape
         if self.mask is None:
             m = torch.ones(b, t, dtype=torch.bool, device=tokens.device)

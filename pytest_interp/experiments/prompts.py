@@ -118,7 +118,7 @@ class Prompt:
         out._spans = _number(raw)
         return out
 
-    def encode(self, subject: Any) -> tuple[list[int], tuple[Span, ...], list[int]]:
+    def encode(self, subject: Subject) -> tuple[list[int], tuple[Span, ...], list[int]]:
         """Token ids of the prompt, each segment's span, and the answer's ids (tokenised once, memoised)."""
         if self._ids is None or self._spans is None:
             self._ids, self._spans, self._answer_ids = _encode(subject, self.segments, self.answer)
@@ -153,7 +153,8 @@ def _number(raw: list[tuple[str, int, int, str | None]]) -> tuple[Span, ...]:
     return tuple(out)
 
 
-def _encode(subject: Any, segments: tuple[Segment, ...], answer: str | None):
+def _encode(subject: Subject, segments: tuple[Segment, ...], answer: str | None
+            ) -> tuple[list[int], tuple[Span, ...], list[int]]:
     tok = subject.tokenizer
     if tok is None:
         raise InterpError("prompts of text segments need a tokenizer", expected="a subject with a tokenizer",

@@ -26,7 +26,7 @@ from .common import stat_args
 KINDS = {"resid": resid, "mlp": mlp, "attn": attn}
 
 
-def subject_mask(subject: Any, tokens: torch.Tensor, subject_tokens: Any) -> torch.Tensor:
+def subject_mask(subject: Subject, tokens: torch.Tensor, subject_tokens: Any) -> torch.Tensor:
     """Bool ``[batch, seq]`` of the subject's positions, from a mask, positions, a slice, or the subject's text
     (found as a token subsequence of each prompt)."""
     n, t = tokens.shape
@@ -96,7 +96,7 @@ def _check_positions(pos: Any, t: int, what: str = "subject position") -> list[i
 class Corruption:
     """Prompts with noised subject embeddings (``samples`` seeded draws per prompt), ready to restore sites in."""
 
-    def __init__(self, subject: Any, prompts: Any, subject_tokens: Any, answer: Any, *, noise: float = 3.0,
+    def __init__(self, subject: Subject, prompts: Any, subject_tokens: Any, answer: Any, *, noise: float = 3.0,
                  samples: int = 5, seed: int = 0) -> None:
         if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise > 0 or not np.isfinite(noise):
             raise InterpError("the noise scale must be positive", expected="noise > 0 (a multiple of the embedding "
@@ -308,7 +308,7 @@ def trace(subject: Subject, prompts: Any, subject_tokens: Any, answer: Any, *, k
     return result
 
 
-def _labels(subject: Any, corr: Corruption, positions: list[int]) -> list[str]:
+def _labels(subject: Subject, corr: Corruption, positions: list[int]) -> list[str]:
     row = corr.tokens[0].tolist()
     subj = corr.mask[0].tolist()
     tok = subject.tokenizer
