@@ -13,7 +13,7 @@ import numpy as np
 from ..core import records as _records
 from ..core.errors import ClaimFailed, InterpError
 from ..core.sites import describe
-from ..core.stats import Effect
+from ..core.stats import MIN_N, Effect
 
 
 def threshold(name: str, value: Any, *, positive: bool = False) -> float:
@@ -32,6 +32,13 @@ def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, 
     """The one decision every claim ends in: record the claim for the session report, then return ``effect`` if
     it ``passed`` or raise :class:`ClaimFailed` with a message of the same shape for every claim kind."""
     __tracebackhide__ = True
+    if effect.n < MIN_N:
+        raise InterpError(f"too few examples to decide the claim: {claim}", expected=f"at least {MIN_N} examples "
+                          f"(below that a {round(100 * (1 - effect.alpha), 2):g}% interval does not hold its level)",
+                          seen=f"n = {effect.n}", fix=f"pass a batch of {MIN_N} or more examples")
+    if not (np.isfinite(effect.mean) and np.isfinite(effect.ci[0]) and np.isfinite(effect.ci[1])):
+        raise InterpError(f"the effect of the claim is not finite: {claim}", expected="a finite effect and interval",
+                          seen=f"effect {effect.mean}, CI {effect.ci}", fix="check the metric and the inputs")
     lvl = round(100 * (1 - effect.alpha), 2)
     record = {"claim": claim, "kind": kind, "sites": [str(s) for s in effect.sites],
               "intervention": effect.intervention, "metric": effect.metric, "method": effect.method,
@@ -50,7 +57,7 @@ def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, 
              f"  n={effect.n}  p={effect.p_value:.3g}",
              f"  threshold:    {threshold}",
              f"  rule:         {rule}",
-             f"  alpha={effect.alpha}  seed={effect.seed}  bootstrap resamples={effect.n_boot}"]
+             f"  alpha={effect.alpha}  seed={effect.seed}  interval: {effect.ci_method}  bootstrap resamples={effect.n_boot}"]
     for k, v in effect.details.items():
         if isinstance(v, float):
             lines.append(f"  {k}: {v:.4g}")

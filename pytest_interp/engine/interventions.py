@@ -60,16 +60,23 @@ class Zero(Intervention):
 class Mean(Intervention):
     """Replace the activation with its mean over a reference batch (default: the inputs themselves).
 
+    By default (no ``reference``) each example's replacement is the mean over the *other* inputs: the
+    leave-one-out mean, so that an example never partly keeps its own activation (with the example included, the
+    ablation is shrunk by 1/n and the measured damage grows with n). A separate ``reference`` batch is averaged
+    whole.
+
     Args:
         reference: token ids [n, seq] (or strings) to average over; ``None`` means the experiment's inputs.
         per_position: average over examples separately at each position (the default), or over examples
             and positions together (needed when the reference has another length than the inputs).
+        exclude_self: with no ``reference``, leave each example out of its own mean (the default).
     """
 
     pure = True
 
     reference: Any = None
     per_position: bool = True
+    exclude_self: bool = True
 
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
         ref = tokens if self.reference is None else subject.tokens(self.reference, name="Mean reference")
@@ -78,6 +85,8 @@ class Mean(Intervention):
                               expected=f"{tokens.shape[1]} tokens per reference example (per-position mean)",
                               seen=f"{ref.shape[1]} tokens", fix="use Mean(reference, per_position=False)")
         acts = capture(subject, ref, [site.unrestricted])[site.unrestricted]
+        if self.reference is None and self.exclude_self:
+            return _leave_one_out_mean(acts, self.per_position)
         mean = acts.mean(0, keepdim=True) if self.per_position else acts.mean((0, 1), keepdim=True)
         return lambda act, rows: mean.to(act.dtype).expand_as(act)
 
@@ -85,8 +94,27 @@ class Mean(Intervention):
         return tokens if self.reference is None else subject.tokens(self.reference, name="Mean reference")
 
     def describe(self) -> str:
-        src = "inputs" if self.reference is None else "reference batch"
+        if self.reference is None:
+            src = "the other inputs" if self.exclude_self else "inputs"
+        else:
+            src = "reference batch"
         return f"mean-ablate (mean over {src}{'' if self.per_position else ', all positions'})"
+
+
+def _leave_one_out_mean(acts: torch.Tensor, per_position: bool) -> Replacement:
+    """Each example's mean over the other examples of ``acts`` ``[n, seq, d]``."""
+    n = acts.shape[0]
+    if n < 2:
+        raise InterpError("a mean ablation over the inputs needs at least 2 examples", expected="a batch of >= 2 "
+                          "(each example is replaced by the mean of the others)", seen=f"{n} example",
+                          fix="pass more examples, or Mean(reference=...) with a separate batch")
+    if per_position:
+        total = acts.sum(0, keepdim=True)
+        return lambda act, rows: ((total - acts[rows]) / (n - 1)).to(act.dtype)
+    t = acts.shape[1]
+    total = acts.sum((0, 1), keepdim=True)
+    own = acts.sum(1, keepdim=True)
+    return lambda act, rows: ((total - own[rows]) / ((n - 1) * t)).to(act.dtype).expand_as(act)
 
 
 @dataclass(frozen=True, eq=False)

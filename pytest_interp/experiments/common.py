@@ -14,6 +14,7 @@ from ..core.errors import InterpError
 from ..core.metrics import Metric
 from ..core.settings import settings
 from ..core.sites import Site
+from ..core.stats import check_stats
 from ..engine.experts import resolve_how as moe_how
 from ..engine.interventions import Intervention, Mean, check_how
 from ..engine.runner import run
@@ -32,8 +33,10 @@ def as_metric(metric: Any) -> Metric:
 def stat_args(alpha: float | None, seed: int | None) -> dict[str, Any]:
     """The statistics settings of one experiment: its own ``alpha``/``seed``, else the run-wide ones."""
     s = settings()
-    return {"alpha": s.alpha if alpha is None else alpha, "seed": s.seed if seed is None else seed,
-            "n_boot": s.n_boot, "n_perm": s.n_perm}
+    out = {"alpha": s.alpha if alpha is None else alpha, "seed": s.seed if seed is None else seed,
+           "n_boot": s.n_boot, "n_perm": s.n_perm}
+    check_stats(**out)
+    return out
 
 
 def run_parts(subject: Subject, tokens: torch.Tensor, metric: Metric, sites_t: tuple[Site, ...] = (),

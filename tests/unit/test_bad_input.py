@@ -224,3 +224,46 @@ def test_kl_mask_with_an_empty_row(tiny_llama, tokens):
     with pytest.raises(pi.InterpError) as err:
         pi.ablate(tiny_llama, pi.mlp(0), inputs=tokens, metric=pi.metrics.kl(mask=mask), how=pi.Zero())
     check(err, "counts no position")
+
+
+# statistics that used to give a verdict silently ----------------------------------------------------------
+
+def _nan_at(rows: list[int], value: float = float("nan")) -> pi.metrics.Metric:
+    def fn(logits: torch.Tensor, toks: torch.Tensor) -> torch.Tensor:
+        out = -logits[:, -1].float().logsumexp(-1)
+        for r in rows:
+            if r < len(out):
+                out[r] = value
+        return out
+    return pi.metrics.Metric(fn, higher_is_better=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_metric_value_is_an_error_naming_the_example(tiny_llama, tokens, value):
+    # the NaN used to give effect NaN with a finite CI, and the claim passed
+    with pytest.raises(pi.InterpError) as err:
+        pi.assert_necessary(tiny_llama, pi.head(0, 1), inputs=tokens, metric=_nan_at([5], value), at_least=-1e9)
+    check(err, "not finite", "example(s) 5")
+
+
+def test_an_all_nan_metric_is_an_error_not_a_p_value(tiny_llama, tokens):
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.head(0, 1), inputs=tokens, metric=_nan_at(list(range(12))))
+    check(err, "not finite for 12 of 12")
+
+
+@pytest.mark.parametrize("alpha", [1.5, 0, 0.0, -0.1, 1, float("nan"), "0.05", True])
+def test_alpha_outside_zero_one_is_refused(tiny_llama, tokens, alpha):
+    # alpha=1.5 gave an inverted interval that was accepted; alpha=0 was accepted
+    with pytest.raises(pi.InterpError) as err:
+        pi.assert_necessary(tiny_llama, pi.head(0, 1), inputs=tokens, metric=pi.metrics.loss(), at_least=0,
+                            alpha=alpha)
+    check(err, "alpha must be between 0 and 1")
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0", True])
+def test_a_bad_seed_is_refused_clearly(tiny_llama, tokens, seed):
+    # a negative seed raised a raw ValueError from numpy
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(tiny_llama, pi.head(0, 1), inputs=tokens, metric=pi.metrics.loss(), seed=seed)
+    check(err, "seed must be a non-negative int")

@@ -83,16 +83,25 @@ def test_mask_positions_per_example(tiny_llama, tokens):
     assert not torch.allclose(hit[0, 5:], clean[0, 5:])
 
 
-def test_mean_replaces_with_per_position_mean(tiny_llama, tokens):
+def test_mean_replaces_each_example_with_the_mean_of_the_others(tiny_llama, tokens):
     from pytest_interp.engine.runner import capture
 
     site = pi.head(0, 2)
     acts = capture(tiny_llama, tokens, [site])[site]
+    n = tokens.shape[0]
     fn = pi.Mean().prepare(tiny_llama, site, tokens)
-    out = fn(acts, torch.arange(tokens.shape[0]))
-    assert torch.allclose(out[3], acts.mean(0))
-    flat = pi.Mean(per_position=False).prepare(tiny_llama, site, tokens)(acts, torch.arange(2))
-    assert torch.allclose(flat[0, 0], acts.mean((0, 1)))
+    out = fn(acts, torch.arange(n))
+    others = torch.cat([acts[:3], acts[4:]])
+    assert torch.allclose(out[3], others.mean(0), atol=1e-6)
+    assert not torch.allclose(out[3], acts.mean(0), atol=1e-6)  # the example's own activation is left out
+    flat = pi.Mean(per_position=False).prepare(tiny_llama, site, tokens)(acts[:2], torch.arange(2))
+    assert torch.allclose(flat[0, 0], acts[1:].mean((0, 1)), atol=1e-6)
+    whole = pi.Mean(exclude_self=False).prepare(tiny_llama, site, tokens)(acts, torch.arange(n))
+    assert torch.allclose(whole[3], acts.mean(0))
+    ref = pi.Mean(reference=tokens).prepare(tiny_llama, site, tokens)(acts, torch.arange(n))
+    assert torch.allclose(ref[3], acts.mean(0))  # a separate reference batch is averaged whole
+    with pytest.raises(pi.InterpError, match="at least 2 examples"):
+        pi.Mean().prepare(tiny_llama, site, tokens[:1])
 
 
 def test_resample_is_seeded_and_never_uses_the_example_itself(tiny_llama, tokens):
