@@ -3,8 +3,15 @@
 A key covers everything that can change a number: the model's fingerprint (weights and config, not its path),
 the adapter, the input tokens, the sites, the intervention and its seed, the metric, dtype/device, batch size
 and the versions of pytest-interp, torch and transformers. Entries are written to a temp file in the same
-directory and renamed into place, so concurrent writers (xdist workers) never tear an entry; an unreadable
-entry is a miss plus a warning, never a wrong number.
+directory and renamed into place, so concurrent writers (xdist workers) never tear an entry.
+
+Tamper evidence: each entry stores a sha256 over its key and its values. An entry that cannot be read, does not
+carry its key, does not match its digest (a flipped bit, a replaced tensor, another key's entry copied in with
+its metadata rewritten), holds NaN/inf or has the wrong number of rows is a miss plus an InterpWarning: it is
+recomputed, never used. A cache that cannot be written (read-only directory) is read and not written, with one
+warning. Checkpoint files are hashed once and the hash memoised under their path, size, inode, modification AND
+change time: rewriting a weight file in place and restoring its size and modification time still changes its
+change time (which user code cannot set), so the file is hashed again.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 MODES = ("off", "read", "write", "readwrite")
-FORMAT = 1
+FORMAT = 2  # 2: entries carry a digest of their key and values
 
 
 def tensor_digest(t: Any) -> str | None:
@@ -55,6 +62,18 @@ def digest_any(x: Any) -> str | None:
     if hasattr(x, "tokens") and not isinstance(x, torch.Tensor):
         x = x.tokens
     return tensor_digest(x)
+
+
+def value_digest(key: str, value: torch.Tensor) -> str:
+    """sha256 over an entry's key and its values (dtype, shape and bytes): what an entry must match to be used."""
+    import torch
+
+    t = value.detach().to("cpu").contiguous()
+    h = hashlib.sha256(f"pytest-interp entry v1\0{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def site_key(site: Any) -> str:
@@ -85,7 +104,8 @@ class RunCache:
             self.mode = "off"
 
     def file_hashes(self) -> dict[str, str]:
-        """Memoised sha256 of checkpoint files, keyed by path, size, mtime and inode (kept in the cache dir)."""
+        """Memoised sha256 of checkpoint files, keyed by path, size, inode, mtime and ctime (kept in the cache
+        dir)."""
         if self._file_hashes is None:
             self._file_hashes = {}
             if self.directory is not None and self.reads:
@@ -128,7 +148,10 @@ class RunCache:
         assert self.directory is not None
         return self.directory / key[:2] / f"{key}.safetensors"
 
-    def get(self, key: str) -> "torch.Tensor | None":
+    def get(self, key: str, *, rows: int | None = None) -> "torch.Tensor | None":
+        """The entry stored under ``key`` (None: a miss). An entry that cannot be read, does not carry its key,
+        whose values do not match its digest, that is not finite, or (``rows``) whose first dimension is not
+        ``rows`` is a miss with an InterpWarning: it is recomputed, never used."""
         if self.mode == "off" or not self.reads:
             return None
         path = self._path(key)
@@ -136,17 +159,23 @@ class RunCache:
             self.misses += 1
             return None
         try:
-            from safetensors import safe_open
+            from safetensors.torch import load
 
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                value = f.get_tensor("scores")
+            data = path.read_bytes()  # one read: metadata and values of the same version of the file
+            meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+            value = load(data)["scores"]
             if meta.get("key") != key:
-                raise ValueError("entry does not carry its key")
-        except Exception as exc:  # noqa: BLE001 - any unreadable entry is a miss
+                raise ValueError("the entry does not carry its key")
+            if meta.get("digest") != value_digest(key, value):
+                raise ValueError("its values do not match its digest (edited or damaged on disk)")
+            if rows is not None and (value.dim() == 0 or value.shape[0] != rows):
+                raise ValueError(f"it holds shape {list(value.shape)}, not {rows} rows")
+            if value.is_floating_point() and not bool(value.isfinite().all()):
+                raise ValueError("it holds NaN/inf")
+        except Exception as exc:  # noqa: BLE001 - any unusable entry is a miss
             self.bad += 1
             self.misses += 1
-            warnings.warn(f"pytest-interp cache entry {path} is unreadable ({type(exc).__name__}: {exc}); "
+            warnings.warn(f"pytest-interp cache entry {path} is not used ({type(exc).__name__}: {exc}); "
                           "recomputing it", InterpWarning, stacklevel=2)
             return None
         self.hits += 1
@@ -157,33 +186,46 @@ class RunCache:
         return value
 
     def put(self, key: str, value: torch.Tensor, meta: dict[str, Any]) -> None:
+        """Store ``value`` under ``key`` with a digest of both. A cache that cannot be written (read-only
+        directory, full disk) is read from but no longer written to, with one InterpWarning."""
         if self.mode == "off" or not self.writes_enabled:
             return
         from safetensors.torch import save_file
 
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".entry.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        tmp = None
         try:
-            save_file({"scores": value.detach().to("cpu").contiguous()}, tmp,
-                      metadata={"key": key, "meta": json.dumps(meta, sort_keys=True, default=str)})
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".entry.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            value = value.detach().to("cpu").contiguous()
+            save_file({"scores": value}, tmp,
+                      metadata={"key": key, "digest": value_digest(key, value),
+                                "meta": json.dumps(meta, sort_keys=True, default=str)})
             os.replace(tmp, path)
             self.writes += 1
+        except OSError as exc:
+            self.mode = "read" if self.reads else "off"
+            warnings.warn(f"pytest-interp cannot write its run cache at {self.directory} ({type(exc).__name__}: "
+                          f"{exc}); results are computed and not stored for the rest of this session (move the "
+                          "cache with --interp-cache DIR, or set --interp-cache-mode read)", InterpWarning,
+                          stacklevel=2)
         finally:
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
 
-    def scores(self, parts: Callable[[], dict[str, Any] | None], compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def scores(self, parts: Callable[[], dict[str, Any] | None], compute: Callable[[], torch.Tensor], *,
+               rows: int | None = None) -> torch.Tensor:
         """The cached scores for ``parts()``, or ``compute()`` stored under them (``parts()`` None: uncacheable).
-        ``parts`` is called only when the cache is on (fingerprinting a model is not free)."""
+        ``parts`` is called only when the cache is on (fingerprinting a model is not free). ``rows``: the number
+        of examples the scores must have (an entry of another shape is a miss)."""
         if self.mode == "off":
             return compute()
         spec = parts()
         if spec is None:
             return compute()
         key = self.key(spec)
-        got = self.get(key)
+        got = self.get(key, rows=rows)
         if got is not None:
             return got
         value = compute()

@@ -57,7 +57,7 @@ def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.T
         edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe(), how.pure) for s in sites_t]
         return run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
 
-    hit = current_cache().scores(run_parts(subject, tokens, metric, sites_t, how), compute)
+    hit = current_cache().scores(run_parts(subject, tokens, metric, sites_t, how), compute, rows=tokens.shape[0])
     return ablation_effect(subject, sites_t, metric, how, clean, hit, st)
 
 

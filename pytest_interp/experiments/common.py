@@ -57,7 +57,8 @@ def run_parts(subject: Subject, tokens: torch.Tensor, metric: Metric, sites_t: t
 
 def cached_run(subject: Subject, tokens: torch.Tensor, metric: Metric, score: Any) -> torch.Tensor:
     """Per-example scores of the clean run, from the run cache when it has them."""
-    return current_cache().scores(run_parts(subject, tokens, metric), lambda: run(subject, tokens, [], score))
+    return current_cache().scores(run_parts(subject, tokens, metric), lambda: run(subject, tokens, [], score),
+                                  rows=tokens.shape[0])
 
 
 def resolve_how(sites_t: tuple[Site, ...], how: Any) -> Intervention:

@@ -166,7 +166,8 @@ def integrated_gradients(subject: Subject, inputs: Any, answer: Any, *, steps: i
                 "attn": subject.attn_implementation, "batch_size": settings().batch_size}
 
     # per example: t attributions, the completeness delta, and f(inputs) - f(baseline)
-    got = current().scores(parts, lambda: _ig_run(subject, tokens, ans, steps, baseline, keep, position)).double()
+    got = current().scores(parts, lambda: _ig_run(subject, tokens, ans, steps, baseline, keep, position),
+                           rows=n).double()
     scores, deltas, gaps = got[:, :t], got[:, t].numpy(), got[:, t + 1].numpy()
     d = np.array(deltas)
     spread = np.abs(np.array(gaps))

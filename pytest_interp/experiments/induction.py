@@ -35,4 +35,4 @@ def induction_scores(subject: Subject, layer: int, data: RepeatedTokens) -> np.n
                 "scores": "induction attention", "pairs": tensor_digest(data.second_half),
                 "offsets": tensor_digest(data.repeat_starts - data.starts), "attn": "eager"}
 
-    return current().scores(parts, compute).numpy()
+    return current().scores(parts, compute, rows=len(data)).numpy()

@@ -94,7 +94,8 @@ def patch_prepared(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPa
         edits = [Edit(s, how.prepare(subject, s, prep.target), False, prep.label, how.pure) for s in sites_t]
         return run(subject, prep.target, edits, prep.score)
 
-    p = current_cache().scores(run_parts(subject, prep.target, prep.metric, sites_t, how), compute)
+    p = current_cache().scores(run_parts(subject, prep.target, prep.metric, sites_t, how), compute,
+                               rows=prep.target.shape[0])
     return patch_effect(subject, sites_t, prep, p, st)
 
 

@@ -305,7 +305,8 @@ def score_variants(subject: Subject, variants: list[Variant], metric: str = "log
                 "device": str(subject.device), "attn": subject.attn_implementation,
                 "batch_size": settings().batch_size}
 
-    got = current().scores(parts, lambda: torch.as_tensor(_run_variants(subject, variants, metric)))
+    got = current().scores(parts, lambda: torch.as_tensor(_run_variants(subject, variants, metric)),
+                           rows=len(variants))
     return got.double().numpy()
 
 

@@ -126,7 +126,7 @@ def routing(subject: Subject, inputs: Any, *, layers: Any = None, record: bool =
                                        torch.softmax(torch.cat([r.logits for r in rs]).float(), -1).double()], -1)
                             for rs in got.values()]).cpu()
 
-    log = current().scores(parts, compute)
+    log = current().scores(parts, compute, rows=len(layers_l))
     n_exp = int(subject.n_experts or 0)
     k = (log.shape[-1] - n_exp) // 2
     index = {lay: log[i, ..., :k].long() for i, lay in enumerate(layers_l)}

@@ -160,7 +160,7 @@ def _cached_sites(subject: Subject, tokens: torch.Tensor, metric: Metric, score:
         parts = run_parts(subject, tokens, metric, (s,), how)() if cache.mode != "off" else None
         keys[s] = cache.key(parts) if parts is not None else None
         key = keys[s]
-        got = cache.get(key) if key is not None else None
+        got = cache.get(key, rows=tokens.shape[0]) if key is not None else None
         if got is not None:
             scores[s] = got
     todo = [s for s in sites_t if s not in scores]

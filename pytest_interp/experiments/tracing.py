@@ -136,7 +136,8 @@ class Corruption:
                     "sites": [site_key(s) for s in sites], "dtype": subject.dtype_key, "device": str(subject.device),
                     "attn": subject.attn_implementation, "batch_size": settings().batch_size}
 
-        got = current().scores(parts, lambda: torch.as_tensor(self._run(corrupt=corrupt, sites=sites)))
+        got = current().scores(parts, lambda: torch.as_tensor(self._run(corrupt=corrupt, sites=sites)),
+                               rows=self.tokens.shape[0])
         return got.double().numpy()
 
     def _run(self, *, corrupt: bool, sites: tuple[Site, ...] = ()) -> np.ndarray:

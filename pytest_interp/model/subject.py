@@ -399,7 +399,8 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5")
 
 def _files_fingerprint(path: Path) -> str:
     """sha256 over config.json and the weight files of a checkpoint directory (each file's own hash memoised
-    by path, size, modification time and inode in the run cache directory)."""
+    by path, size, inode, modification time and change time in the run cache directory: an in-place rewrite
+    that restores size and modification time still changes the change time)."""
     files = sorted(p for p in path.iterdir() if p.is_file() and (p.name == "config.json" or
                                                                   p.name.endswith(_WEIGHT_SUFFIXES)))
     h = hashlib.sha256(b"pytest-interp checkpoint files v1\n")
@@ -410,7 +411,7 @@ def _files_fingerprint(path: Path) -> str:
 
 def _file_sha256(f: Path) -> str:
     st = f.stat()
-    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+    key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
     memo = current().file_hashes()
     if key in memo:
         return memo[key]

@@ -75,7 +75,7 @@ def test_corrupt_entry_is_recomputed_with_a_warning(cache, tiny_llama, tokens):
     first = ablate(tiny_llama, tokens)
     for f in (cache.directory).glob("*/*.safetensors"):
         f.write_bytes(f.read_bytes()[:20])  # truncated
-    with pytest.warns(pi.InterpWarning, match="unreadable"):
+    with pytest.warns(pi.InterpWarning, match="not used"):
         again = ablate(tiny_llama, tokens)
     assert again.mean == first.mean and cache.bad == 2
     assert ablate(tiny_llama, tokens).mean == first.mean and cache.hits == 2  # rewritten, readable again
@@ -179,3 +179,108 @@ def test_routing_logs_are_cached(cache, tokens):
     assert cache.writes == 2  # the layers are part of the key
     with pytest.raises(pi.InterpError):
         pi.routing(pi.load(tiny_model("llama")), tokens)  # a dense model still fails, cache or not
+
+
+# tampering: nothing in the cache changes a verdict without a warning ------------------------------------------
+
+def _entries(cache):
+    return sorted(cache.directory.glob("*/*.safetensors"), key=lambda f: f.stat().st_mtime_ns)
+
+
+def _rewrite(path, value, key=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    if key is not None:
+        meta["key"] = key
+    save_file({"scores": value}, str(path), metadata=meta)
+
+
+def _scores(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.get_tensor("scores")
+
+
+def test_a_flipped_bit_is_a_miss_with_a_warning(cache, tiny_llama, tokens):
+    first = ablate(tiny_llama, tokens)
+    entry = _entries(cache)[-1]
+    raw = bytearray(entry.read_bytes())
+    raw[-3] ^= 0x10  # one bit of the stored scores
+    entry.write_bytes(bytes(raw))
+    with pytest.warns(pi.InterpWarning, match="digest"):
+        again = ablate(tiny_llama, tokens)
+    assert again.mean == first.mean and cache.bad == 1
+
+
+@pytest.mark.parametrize("tamper", ["replace", "copy", "shape", "nan"])
+def test_a_tampered_entry_never_changes_a_verdict(cache, tiny_llama, tokens, tamper):
+    ok = pi.assert_necessary(tiny_llama, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero(),
+                             at_least=-10.0)
+    pi.ablate(tiny_llama, pi.head(1, 3), inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero())
+    clean, ablated, other = _entries(cache)
+    if tamper == "replace":  # a tensor that would flip the verdict, metadata kept
+        _rewrite(ablated, _scores(clean) - 100.0)
+    elif tamper == "copy":  # another key's entry copied in, its metadata key rewritten
+        from safetensors import safe_open
+
+        with safe_open(str(ablated), framework="pt") as f:
+            key = f.metadata()["key"]
+        ablated.write_bytes(other.read_bytes())
+        _rewrite(ablated, _scores(ablated), key=key)
+    elif tamper == "shape":
+        _rewrite(ablated, _scores(ablated)[:3])
+    else:
+        bad = _scores(ablated).clone()
+        bad[0] = float("nan")
+        _rewrite(ablated, bad)
+    with pytest.warns(pi.InterpWarning, match="not used"):
+        again = pi.assert_necessary(tiny_llama, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(),
+                                    how=pi.Zero(), at_least=-10.0)
+    assert again.mean == ok.mean and again.ci == ok.ci
+
+
+@pytest.mark.parametrize("how", ["read-only directory", "a file in the way"])
+def test_an_unwritable_cache_falls_back_to_computing(tmp_path, tiny_llama, tokens, how):
+    # a read-only cache directory on a cold run used to fail every claim with OSError
+    if how == "read-only directory":
+        root = tmp_path / "ro"
+        root.mkdir()
+        os.chmod(root, 0o555)
+        if os.access(root, os.W_OK):
+            os.chmod(root, 0o755)
+            pytest.skip("this user can write to a read-only directory (root)")
+        where = root / "cache"
+    else:  # unwritable for every user: the cache path runs through a regular file
+        (tmp_path / "afile").write_text("")
+        where = tmp_path / "afile" / "cache"
+    try:
+        c = _cache.use(_cache.RunCache(where, "readwrite"))
+        with pytest.warns(pi.InterpWarning, match="cannot write its run cache") as seen:
+            eff = ablate(tiny_llama, tokens)
+            ablate(tiny_llama, tokens)
+        assert sum("cannot write" in str(w.message) for w in seen) == 1  # warned once
+        assert eff.n == tokens.shape[0] and c.writes == 0 and c.mode == "read"
+    finally:
+        if how == "read-only directory":
+            os.chmod(tmp_path / "ro", 0o755)
+        _cache.use(_cache.RunCache())
+
+
+def test_a_weight_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again(cache, tmp_path):
+    from pytest_interp.model.subject import _files_fingerprint
+
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    before = _files_fingerprint(tmp_path / "m")
+    st = os.stat(weights)
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0x01  # same size, one bit of the last weight
+    weights.write_bytes(bytes(raw))
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # modification time restored
+    assert os.stat(weights).st_size == st.st_size and os.stat(weights).st_mtime_ns == st.st_mtime_ns
+    assert _files_fingerprint(tmp_path / "m") != before
