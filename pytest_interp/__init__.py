@@ -46,6 +46,7 @@ _LAZY = {
     "assert_necessary": "assertions.ablation",
     "assert_not_faithful": "assertions.faithfulness",
     "assert_not_necessary": "assertions.ablation",
+    "assert_only": "assertions.families",
     "assert_restores": "assertions.ablation",
     "assert_routes_to": "assertions.experts",
     "assert_tool_output_necessary": "assertions.documents",
@@ -110,6 +111,7 @@ __all__ = [
     "assert_necessary",
     "assert_not_faithful",
     "assert_not_necessary",
+    "assert_only",
     "assert_restores",
     "assert_routes_to",
     "assert_tool_output_necessary",
@@ -166,6 +168,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .assertions.documents import assert_document_necessary, assert_document_unused, assert_tool_output_necessary
     from .assertions.experts import assert_expert_necessary, assert_expert_not_necessary, assert_routes_to
     from .assertions.faithfulness import assert_faithful, assert_not_faithful
+    from .assertions.families import assert_only
     from .assertions.induction import assert_induction_head
     from .assertions.tracing import assert_mediates
     from .core.data import RepeatedTokens, repeated_tokens
