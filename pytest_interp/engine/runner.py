@@ -132,6 +132,9 @@ def capture(subject: Subject, tokens: torch.Tensor, sites: list[Site]) -> dict[S
     memo = subject.clean_memo
     key = _key(tokens)
     missing = [s for s in sites if (key, s) not in memo]
+    if missing and len(memo) + len(missing) > _MEMO_LIMIT:
+        memo.clear()  # before reading: clearing after would drop the sites that were already memoised
+        missing = list(sites)
     if missing:
         got: dict[Site, list[Any]] = {s: [] for s in missing}
         for rows in chunks(tokens.shape[0]):
@@ -143,8 +146,6 @@ def capture(subject: Subject, tokens: torch.Tensor, sites: list[Site]) -> dict[S
                 handles.append(install(subject, s, read))
             with hooks(handles):
                 logits(subject, tokens[rows.to(tokens.device)], what="clean run")
-        if len(memo) > _MEMO_LIMIT:
-            memo.clear()
         for s in missing:
             if not got[s]:
                 raise InterventionNoOpError(f"reading {s} captured nothing", expected="the hook to fire",

@@ -207,3 +207,18 @@ def test_moe_adapters_locate_router_and_experts(arch):
         assert ad.experts(layer) is ad.block(layer).mlp.experts
         assert ad.mlp(layer) is ad.block(layer).mlp
     assert subject.identity()["experts"] == 4
+
+
+def test_capture_survives_a_full_memo(tiny_llama, tokens, monkeypatch):
+    # the memo used to be cleared after the sites it already held were counted as present: a KeyError
+    from pytest_interp.engine import runner
+
+    monkeypatch.setattr(runner, "_MEMO_LIMIT", 3)
+    tiny_llama.clean_memo.clear()
+    a, b = pi.head(0, 1), pi.head(0, 2)
+    runner.capture(tiny_llama, tokens, [a])
+    for i in range(3):
+        runner.capture(tiny_llama, tokens[i:i + 2], [a])
+    got = runner.capture(tiny_llama, tokens, [a, b])
+    assert set(got) == {a, b} and got[a].shape[0] == tokens.shape[0]
+    assert len(tiny_llama.clean_memo) <= 3
