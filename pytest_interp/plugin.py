@@ -125,6 +125,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ClaimsSession(config, options, controls), "interp-claims-session")
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On an xdist worker: send this worker's run-cache counters to the controller, which prints their sum."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        from .session.session import WORKER_CACHE_KEY, cache_counts
+
+        output[WORKER_CACHE_KEY] = cache_counts()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     from .model import adapters as _adapters
     from .core import cache as _cache

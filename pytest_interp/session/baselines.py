@@ -1,4 +1,10 @@
-"""Baselines: a run's effects stored under a name, and the drift of a later run from them."""
+"""Baselines: a run's effects stored under a name, and the drift of a later run from them.
+
+A baseline is one run's snapshot, never merged with another. Saving holds ``<baseline>.lock`` while it looks
+at what is on disk now: an existing file is refused unless replacing was asked for, and is then copied aside
+under a name no other file has before the new one is renamed into place, so two sessions saving at once never
+lose a baseline. A malformed baseline is a ``FileFormatError`` naming the field; it is never read as numbers.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ import datetime as _dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from ..core.files import dumps, read_json, write_atomic
+from ..core.errors import InterpError
+from ..core.files import FileFormatError, describe, dumps, is_number, locked, read_json, write_atomic
 from .registry import claim_key
 
 SCHEMA = "pytest-interp/baseline"
@@ -27,19 +34,98 @@ def path_for(directory: Path, name: str) -> Path:
     return directory / f"{check_name(name)}.json"
 
 
-def save(path: Path, records: list[dict[str, Any]], controls: dict[str, Any]) -> None:
+def save(path: Path, records: list[dict[str, Any]], controls: dict[str, Any], replace: bool = False) -> Path | None:
+    """Store the run's effects at ``path``; returns where the baseline it replaced was kept (None: there was none).
+
+    Raises:
+        InterpError: ``path`` exists (another session may have saved it since this one started) and ``replace``
+            is False; nothing is written.
+        FileBusyError: another process held the lock too long; nothing is written.
+    """
     claims = {claim_key(r): {k: r.get(k) for k in ("test", "claim", "sites", "metric", "effect", "ci", "n",
                                                       "threshold", "passed")} | {"model": r["model"].get("fingerprint")}
               for r in records}
-    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-    write_atomic(path, dumps({"schema": SCHEMA, "version": VERSION, "created": created, "controls": controls,
-                              "claims": claims}))
+    now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
+    text = dumps({"schema": SCHEMA, "version": VERSION, "created": now.isoformat(), "controls": controls,
+                  "claims": claims})
+    with locked(path):
+        kept = None
+        if path.exists():
+            if not replace:
+                raise InterpError(f"the baseline file {path} exists (saved by another session while this one "
+                                  "ran?); this run's baseline was not saved", expected="a new baseline name, or "
+                                  "--interp-replace-baseline", seen=f"{path} on disk",
+                                  fix=f"run again with a new name, or add --interp-replace-baseline to keep "
+                                  f"{path.name} aside and save over it")
+            kept = _keep_aside(path, now.astimezone().strftime("%Y%m%dT%H%M%S"))
+        write_atomic(path, text)
+    return kept
+
+
+def _keep_aside(path: Path, stamp: str) -> Path:
+    """Copy ``path`` to ``NAME.STAMP.json`` (``NAME.STAMP-2.json``, ... if taken); never overwrites a file."""
+    data = path.read_bytes()
+    for i in range(1, 1000):
+        kept = path.with_name(f"{path.stem}.{stamp}{'' if i == 1 else f'-{i}'}.json")
+        try:
+            with open(kept, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            continue
+        return kept
+    raise InterpError(f"could not keep {path} aside", expected=f"a free name {path.stem}.{stamp}-N.json",
+                      seen="999 taken", fix=f"move old copies of {path.name} out of {path.parent}")
+
+
+def _fix(path: Path) -> str:
+    return (f"correct it by hand, or save the baseline again with --interp-save-baseline {path.stem} "
+            "--interp-replace-baseline (the malformed file is kept beside the new one)")
+
+
+def _is_ci(v: Any) -> bool:
+    return isinstance(v, list) and len(v) == 2 and all(is_number(x) for x in v) and v[0] <= v[1]
+
+
+#: the fields of a claim a baseline must hold (what compare() and the drift table read, with the effect's CI and n)
+_CLAIM_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "test": (lambda v: isinstance(v, str), "a string (the test id)"),
+    "claim": (lambda v: isinstance(v, str), "a string (the claim's text)"),
+    "effect": (is_number, "a finite number"),
+    "ci": (_is_ci, "a list of two finite numbers [low, high] with low <= high"),
+    "n": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a positive integer"),
+    "passed": (lambda v: isinstance(v, bool), "true or false"),
+}
 
 
 def load(path: Path) -> dict[str, Any]:
+    """The baseline at ``path``, checked field by field.
+
+    Raises:
+        FileNotFoundError: there is no baseline at ``path``.
+        FileFormatError: the file is not a baseline this version wrote (names the field and the fix).
+    """
     if not path.exists():
         raise FileNotFoundError(f"no baseline at {path}: save one first with --interp-save-baseline NAME")
-    return read_json(path, "baseline", SCHEMA, VERSION)
+    data = read_json(path, "baseline", SCHEMA, VERSION, _fix(path))
+    expected = "an object mapping claim keys ('test id#k') to the claims' effects"
+    if "claims" not in data:
+        raise FileFormatError(path, "baseline", "claims", expected=expected, seen='no "claims" field',
+                              fix=_fix(path))
+    claims = data["claims"]
+    if not isinstance(claims, dict):
+        raise FileFormatError(path, "baseline", "claims", expected=expected, seen=describe(claims), fix=_fix(path))
+    for key, entry in claims.items():
+        if not isinstance(entry, dict):
+            raise FileFormatError(path, "baseline", f"claims[{key!r}]", expected="an object with the claim's "
+                                  f"{', '.join(_CLAIM_FIELDS)}", seen=describe(entry), fix=_fix(path))
+        for field, (ok, wanted) in _CLAIM_FIELDS.items():
+            if field not in entry:
+                raise FileFormatError(path, "baseline", f"claims[{key!r}].{field}", expected=wanted,
+                                      seen=f'no "{field}" field', fix=_fix(path))
+            if not ok(entry[field]):
+                raise FileFormatError(path, "baseline", f"claims[{key!r}].{field}", expected=wanted,
+                                      seen=describe(entry[field]), fix=_fix(path))
+    return data
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,10 @@
-"""The pre-registration registry: a committed file recording each claim's hypothesis before it is tested."""
+"""The pre-registration registry: a committed file recording each claim's hypothesis before it is tested.
+
+Several sessions may register into one file at once (a developer's run, a CI job, two terminals): ``register``
+holds ``<registry>.lock`` while it re-reads the file, merges this session's claims into what is there now, and
+renames the new file into place. A malformed registry is a ``FileFormatError`` naming the field; it is never
+overwritten.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..core.files import dumps, read_json, write_atomic
+from ..core.files import FileFormatError, describe, dumps, locked, read_json, write_atomic
 
 SCHEMA = "pytest-interp/registry"
 VERSION = 1
 #: what a registration pins: a change to any of these means the hypothesis changed
 HYPOTHESIS_FIELDS = ("claim", "sites", "intervention", "metric", "threshold", "alpha", "code_hash")
+#: the fields of an entry register() writes; any other field (a note a reviewer added) is kept as it is
+_MANAGED = (*HYPOTHESIS_FIELDS, "test", "registered_at", "git_commit", "previous")
 
 
 def claim_key(record: dict[str, Any]) -> str:
@@ -24,11 +32,38 @@ def hypothesis(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in HYPOTHESIS_FIELDS}
 
 
+def _fix(path: Path) -> str:
+    return (f"correct it by hand, or restore the committed file (`git checkout -- {path.name}`); to start "
+            f"over, move {path.name} aside and run `pytest --interp-register`")
+
+
 def load(path: Path) -> dict[str, dict[str, Any]]:
-    """Registered entries by claim key (empty when the file does not exist)."""
+    """Registered entries by claim key (empty when the file does not exist).
+
+    Raises:
+        FileFormatError: the file is not a registry this version wrote (names the field and the fix).
+    """
+    return dict(_read(path)["claims"])
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """The whole file, checked (a new, empty registry when it does not exist)."""
     if not path.exists():
-        return {}
-    return dict(read_json(path, "registry", SCHEMA, VERSION)["claims"])
+        return {"schema": SCHEMA, "version": VERSION, "claims": {}}
+    data = read_json(path, "registry", SCHEMA, VERSION, _fix(path))
+    expected = "an object mapping claim keys ('test id#k') to registered entries"
+    if "claims" not in data:
+        raise FileFormatError(path, "registry", "claims", expected=expected, seen='no "claims" field',
+                              fix=_fix(path))
+    claims = data["claims"]
+    if not isinstance(claims, dict):
+        raise FileFormatError(path, "registry", "claims", expected=expected, seen=describe(claims), fix=_fix(path))
+    for key, entry in claims.items():
+        if not isinstance(entry, dict):
+            raise FileFormatError(path, "registry", f"claims[{key!r}]", expected="an object with the registered "
+                                  f"hypothesis ({', '.join(HYPOTHESIS_FIELDS)})", seen=describe(entry),
+                                  fix=_fix(path))
+    return data
 
 
 def differences(entry: dict[str, Any], record: dict[str, Any]) -> list[str]:
@@ -64,10 +99,26 @@ def _git_commit(root: Path) -> str | None:
 
 def register(path: Path, records: list[dict[str, Any]], root: Path) -> dict[str, list[str]]:
     """Merge the session's claims into the registry file. Entries of claims not run are kept as they are;
-    an unchanged claim keeps its original registration time. Returns what was added / updated / kept."""
-    entries = load(path)
+    an unchanged claim keeps its original registration time. Returns what was added / updated / kept.
+
+    The file is re-read under its lock, so entries another session registered since this one started are kept
+    and a claim it already registered unchanged is not reported as added again.
+
+    Raises:
+        FileFormatError: the file is malformed now (nothing is written).
+        FileBusyError: another process held the lock too long (nothing is written).
+    """
     now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
     commit = _git_commit(root)
+    with locked(path):
+        return _merge(path, _read(path), records, now, commit)
+
+
+def _merge(path: Path, data: dict[str, Any], records: list[dict[str, Any]], now: str,
+           commit: str | None) -> dict[str, list[str]]:
+    """Merge ``records`` into the file's ``data`` (as read under the lock) and write it if anything changed.
+    Fields we do not manage (top-level keys, notes in an entry) are carried over untouched."""
+    entries: dict[str, dict[str, Any]] = dict(data["claims"])
     added, updated = [], []
     for r in records:
         key = claim_key(r)
@@ -76,6 +127,7 @@ def register(path: Path, records: list[dict[str, Any]], root: Path) -> dict[str,
             continue
         entry = dict(hypothesis(r), test=r["test"], registered_at=now, git_commit=commit)
         if old is not None:
+            entry = {k: v for k, v in old.items() if k not in _MANAGED} | entry
             entry["previous"] = {k: old.get(k) for k in (*HYPOTHESIS_FIELDS, "registered_at", "git_commit")}
             updated.append(f"{key}: " + "; ".join(differences(old, r)))
         else:
@@ -84,5 +136,5 @@ def register(path: Path, records: list[dict[str, Any]], root: Path) -> dict[str,
     run = {claim_key(r) for r in records}
     kept = sorted(set(entries) - run)
     if added or updated or not path.exists():
-        write_atomic(path, dumps({"schema": SCHEMA, "version": VERSION, "claims": entries}))
+        write_atomic(path, dumps(data | {"schema": SCHEMA, "version": VERSION, "claims": entries}))
     return {"added": added, "updated": updated, "kept": kept}

@@ -1,9 +1,15 @@
 """The controller side of a pytest session: collects claim records from test reports (also from xdist
-workers) and alone writes the terminal summary, JSON/HTML reports, the registry and baselines."""
+workers) and alone writes the terminal summary, JSON/HTML reports, the registry and baselines.
+
+The files a session reads (registry, the baseline to compare with) are checked when it starts: a malformed one
+is a usage error before any test runs. Writing one at the end can still fail (another session saved the same
+baseline meanwhile, the file was broken during the run, a lock was held too long): that is reported in the
+summary and makes the exit status non-zero, and nothing on disk is overwritten. Under xdist each worker sends
+its run-cache counters in ``workeroutput``; the controller adds them up for the summary line.
+"""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from pathlib import Path
@@ -15,10 +21,20 @@ from . import baselines as _baselines
 from . import registry as _registry
 from . import report as _report
 from ..core.cache import MODES, RunCache, current, parse_size, use
+from ..core.errors import InterpError
 from ..core.files import dumps, write_atomic
 
 CLAIM_PROPERTY = "interp_claim"
 GRID_PROPERTY = "interp_grid"
+#: key of the run-cache counters an xdist worker sends to the controller in ``workeroutput``
+WORKER_CACHE_KEY = "interp_cache"
+_COUNTERS = ("hits", "misses", "writes", "bad")
+
+
+def cache_counts() -> dict[str, int]:
+    """This process's run-cache counters (a worker sends them to the controller when it finishes)."""
+    cache = current()
+    return {k: int(getattr(cache, k)) for k in _COUNTERS}
 
 
 def configure_cache(config: pytest.Config) -> None:
@@ -82,7 +98,7 @@ class Options:
                                         f"{', '.join(saved) or 'none'}); save one with --interp-save-baseline NAME")
             try:
                 self.baseline = _baselines.load(path)
-            except ValueError as exc:
+            except (ValueError, OSError) as exc:
                 raise pytest.UsageError(f"pytest-interp: {exc}") from None
         if self.save_baseline:
             path = _baselines.path_for(self.baseline_dir, self.save_baseline)
@@ -93,7 +109,13 @@ class Options:
         try:
             self.entries = _registry.load(self.registry)
         except ValueError as exc:
-            raise pytest.UsageError(f"pytest-interp: {exc}") from None
+            if self.register or self.require_registered:
+                raise pytest.UsageError(f"pytest-interp: {exc}") from None
+            # a run that only shows registry status goes on without it, and says so
+            self.entries = {}
+            config.issue_config_time_warning(pytest.PytestConfigWarning(
+                f"pytest-interp: {exc}\n  (claims are shown without their registry status; --interp-register and "
+                "--interp-require-registered refuse to run until the file is fixed)"), stacklevel=2)
         if self.require_registered and not self.registry.exists():
             raise pytest.UsageError(f"--interp-require-registered: no registry at {self.registry}; create it with "
                                     "`pytest claims/ --interp-register` and commit it")
@@ -109,7 +131,16 @@ class ClaimsSession:
         self.records: list[dict[str, Any]] = []
         self.drift: list[dict[str, Any]] | None = None
         self.notes: list[str] = []
+        self.errors: list[str] = []
         self.grids: list[dict[str, Any]] = []
+        self.worker_cache = dict.fromkeys(_COUNTERS, 0)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist: a worker finished; add its run-cache counters to the session's."""
+        counts = getattr(node, "workeroutput", {}).get(WORKER_CACHE_KEY) or {}
+        for k in _COUNTERS:
+            self.worker_cache[k] += int(counts.get(k, 0))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
@@ -140,31 +171,50 @@ class ClaimsSession:
             if bad and session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if o.register and unique:
-            done = _registry.register(o.registry, unique, Path(self.config.rootpath))
-            self.notes.append(f"registry {o.registry}: {len(done['added'])} added, {len(done['updated'])} "
-                              f"re-registered, {len(done['kept'])} other entries kept unchanged")
-            self.notes += [f"  re-registered {u}" for u in done["updated"]]
+            self._write(session, f"registry {o.registry} not updated", self._register, unique)
         if o.save_baseline and unique:
-            path = _baselines.path_for(o.baseline_dir, o.save_baseline)
-            if path.exists():
-                stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-                kept = path.with_name(f"{path.stem}.{stamp}.json")
-                os.replace(path, kept)
-                self.notes.append(f"previous baseline kept as {kept}")
-            _baselines.save(path, unique, self.controls)
-            self.notes.append(f"saved baseline '{o.save_baseline}' ({len(unique)} claims) to {path}")
+            self._write(session, f"baseline '{o.save_baseline}' not saved", self._save_baseline, unique)
         if (o.json or o.html) and (self.records or self.grids):
             report = _report.build(self.records, self.controls, self.drift, self.grids)
             if o.json:
-                write_atomic(Path(o.json), dumps(report))
-                self.notes.append(f"JSON report: {o.json}")
+                self._write(session, f"JSON report {o.json} not written", self._write_report, Path(o.json),
+                            dumps(report), "JSON report")
             if o.html:
-                write_atomic(Path(o.html), _report.render_html(report))
-                self.notes.append(f"HTML report: {o.html}")
+                self._write(session, f"HTML report {o.html} not written", self._write_report, Path(o.html),
+                            _report.render_html(report), "HTML report")
+
+    def _write(self, session: pytest.Session, failed: str, step: Any, *args: Any) -> None:
+        """Run one write step; a failure is reported in the summary and fails the run, never an INTERNALERROR."""
+        try:
+            step(*args)
+        except (InterpError, OSError) as exc:
+            self.errors.append(f"{failed}: {exc}")
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.USAGE_ERROR
+
+    def _register(self, unique: list[dict[str, Any]]) -> None:
+        o = self.options
+        done = _registry.register(o.registry, unique, Path(self.config.rootpath))
+        self.notes.append(f"registry {o.registry}: {len(done['added'])} added, {len(done['updated'])} "
+                          f"re-registered, {len(done['kept'])} other entries kept unchanged")
+        self.notes += [f"  re-registered {u}" for u in done["updated"]]
+
+    def _save_baseline(self, unique: list[dict[str, Any]]) -> None:
+        o = self.options
+        path = _baselines.path_for(o.baseline_dir, o.save_baseline)
+        kept = _baselines.save(path, unique, self.controls, replace=o.replace_baseline)
+        if kept is not None:
+            self.notes.append(f"previous baseline kept as {kept}")
+        self.notes.append(f"saved baseline '{o.save_baseline}' ({len(unique)} claims) to {path}")
+
+    def _write_report(self, path: Path, text: str, what: str) -> None:
+        write_atomic(path, text)
+        self.notes.append(f"{what}: {path}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
         if not self.records:
+            self._errors(tr)
             return
         tr.section("interpretability claims")
         models = {r["model"]["fingerprint"]: r["model"] for r in self.records}
@@ -184,8 +234,13 @@ class ClaimsSession:
             self._drift_table(tr)
         for note in self.notes:
             tr.write_line(note)
+        self._errors(tr)
         self._cache_line(tr)
         tr.write_line("next: " + self._hint())
+
+    def _errors(self, tr: Any) -> None:
+        for error in self.errors:
+            tr.write_line(f"ERROR (pytest-interp): {error}", red=True, bold=True)
 
     def _cache_line(self, tr: Any) -> None:
         cache = current()
@@ -197,9 +252,10 @@ class ClaimsSession:
             removed, freed = cache.prune(parse_size(prune))
             pruned = f"; pruned {removed} entries ({freed / 1e6:.1f} MB)"
         entries, size = cache.size()
-        bad = f", {cache.bad} unreadable (recomputed)" if cache.bad else ""
-        tr.write_line(f"run cache {cache.directory} ({cache.mode}): {cache.hits} hits, {cache.misses} misses, "
-                      f"{cache.writes} written{bad}; {entries} entries, {size / 1e6:.1f} MB{pruned}")
+        n = {k: getattr(cache, k) + self.worker_cache[k] for k in _COUNTERS}  # xdist: the workers' counts
+        bad = f", {n['bad']} unreadable (recomputed)" if n["bad"] else ""
+        tr.write_line(f"run cache {cache.directory} ({cache.mode}): {n['hits']} hits, {n['misses']} misses, "
+                      f"{n['writes']} written{bad}; {entries} entries, {size / 1e6:.1f} MB{pruned}")
 
     def _drift_table(self, tr: Any) -> None:
         o = self.options

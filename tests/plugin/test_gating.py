@@ -83,7 +83,7 @@ def test_registry_flow(claims_project):
     # a new, unregistered claim fails too
     p.makepyfile(test_new="import pytest_interp as pi, torch\n"
                  "def test_new(subject):\n"
-                 "    pi.assert_not_necessary(subject, pi.resid(1).at(-1), inputs=torch.ones(4, 5, dtype=torch.long),"
+                 "    pi.assert_not_necessary(subject, pi.resid(1).at(-1), inputs=torch.ones(16, 5, dtype=torch.long),"
                  " metric=pi.metrics.loss(), within=0.1, how=pi.Zero())\n")
     run(p, "--interp-require-registered", "test_new.py").stdout.fnmatch_lines(["*not in the registry*"])
 

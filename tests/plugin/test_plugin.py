@@ -98,7 +98,7 @@ def test_xfail_strict_false_claim_is_reported_as_xfail(claims_project):
 import pytest, torch, pytest_interp as pi
 @pytest.mark.xfail(strict=True, raises=pi.ClaimFailed, reason="documented false claim")
 def test_false(subject):
-    pi.assert_not_necessary(subject, pi.resid(0), inputs=torch.ones(4, 6, dtype=torch.long) * 3,
+    pi.assert_not_necessary(subject, pi.resid(0), inputs=torch.ones(16, 6, dtype=torch.long) * 3,
                             metric=pi.metrics.kl(), within=1e-9, how=pi.Zero())
 ''')
     result = claims_project.runpytest("test_x.py")
