@@ -143,11 +143,28 @@ def read_json(path: Path, kind: str, schema: str, version: int, fix: str) -> dic
     if not isinstance(data, dict):
         raise FileFormatError(path, kind, None, expected=expected, seen=describe(data), fix=fix)
     if data.get("schema") != schema:
-        seen = f"no \"schema\" field" if "schema" not in data else describe(data["schema"])
+        seen = "no \"schema\" field" if "schema" not in data else describe(data["schema"])
         raise FileFormatError(path, kind, "schema", expected=f"{schema!r} (this is not a pytest-interp {kind} "
                               "file, or not one written by this tool)", seen=seen, fix=fix)
     if data.get("version") != version:
-        seen = f"no \"version\" field" if "version" not in data else describe(data["version"])
+        seen = "no \"version\" field" if "version" not in data else describe(data["version"])
         raise FileFormatError(path, kind, "version", expected=f"{version} (the version this pytest-interp reads)",
                               seen=seen, fix=f"upgrade pytest-interp if the file is newer; otherwise: {fix}")
     return data
+
+
+def claims_of(data: dict[str, Any], path: Path, kind: str, *, entry: str, fix: str) -> dict[str, dict[str, Any]]:
+    """The ``claims`` object of a registry or baseline file: present, an object, and every entry an object
+    (``entry`` says what an entry holds); else a FileFormatError naming the field."""
+    expected = f"an object mapping claim keys ('test id#k') to {entry}"
+    if "claims" not in data:
+        raise FileFormatError(path, kind, "claims", expected=expected, seen='no "claims" field', fix=fix)
+    claims = data["claims"]
+    if not isinstance(claims, dict):
+        raise FileFormatError(path, kind, "claims", expected=expected, seen=describe(claims), fix=fix)
+    for key, value in claims.items():
+        if not isinstance(value, dict):
+            raise FileFormatError(path, kind, f"claims[{key!r}]", expected=f"an object: {entry}",
+                                  seen=describe(value), fix=fix)
+    return claims
+

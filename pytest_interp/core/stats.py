@@ -56,7 +56,7 @@ def t_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     v = np.asarray(values, dtype=np.float64)
     n = v.size
     if n < 2:
-        raise InterpError(f"an interval needs at least 2 examples", expected=f">= 2 (claims need >= {MIN_N})",
+        raise InterpError("an interval needs at least 2 examples", expected=f">= 2 (claims need >= {MIN_N})",
                           seen=f"n = {n}", fix="pass more examples")
     m = float(v.mean())
     se = float(v.std(ddof=1)) / math.sqrt(n)

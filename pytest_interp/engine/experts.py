@@ -8,8 +8,6 @@ rescaled to their original sum. :class:`Reroute` (mask e before top-k) is a diff
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
 import torch
 
 from ..core.errors import InterpError

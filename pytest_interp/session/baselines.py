@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import InterpError
-from ..core.files import FileFormatError, describe, dumps, is_number, locked, read_json, write_atomic
+from ..core.files import FileFormatError, claims_of, describe, dumps, is_number, locked, read_json, write_atomic
 from .registry import claim_key
 
 SCHEMA = "pytest-interp/baseline"
@@ -107,17 +107,8 @@ def load(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no baseline at {path}: save one first with --interp-save-baseline NAME")
     data = read_json(path, "baseline", SCHEMA, VERSION, _fix(path))
-    expected = "an object mapping claim keys ('test id#k') to the claims' effects"
-    if "claims" not in data:
-        raise FileFormatError(path, "baseline", "claims", expected=expected, seen='no "claims" field',
-                              fix=_fix(path))
-    claims = data["claims"]
-    if not isinstance(claims, dict):
-        raise FileFormatError(path, "baseline", "claims", expected=expected, seen=describe(claims), fix=_fix(path))
+    claims = claims_of(data, path, "baseline", entry=f"the claims' {', '.join(_CLAIM_FIELDS)}", fix=_fix(path))
     for key, entry in claims.items():
-        if not isinstance(entry, dict):
-            raise FileFormatError(path, "baseline", f"claims[{key!r}]", expected="an object with the claim's "
-                                  f"{', '.join(_CLAIM_FIELDS)}", seen=describe(entry), fix=_fix(path))
         for field, (ok, wanted) in _CLAIM_FIELDS.items():
             if field not in entry:
                 raise FileFormatError(path, "baseline", f"claims[{key!r}].{field}", expected=wanted,

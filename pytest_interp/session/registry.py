@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..core.files import FileFormatError, describe, dumps, locked, read_json, write_atomic
+from ..core.files import claims_of, dumps, locked, read_json, write_atomic
 
 SCHEMA = "pytest-interp/registry"
 VERSION = 1
@@ -51,18 +51,8 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"schema": SCHEMA, "version": VERSION, "claims": {}}
     data = read_json(path, "registry", SCHEMA, VERSION, _fix(path))
-    expected = "an object mapping claim keys ('test id#k') to registered entries"
-    if "claims" not in data:
-        raise FileFormatError(path, "registry", "claims", expected=expected, seen='no "claims" field',
-                              fix=_fix(path))
-    claims = data["claims"]
-    if not isinstance(claims, dict):
-        raise FileFormatError(path, "registry", "claims", expected=expected, seen=describe(claims), fix=_fix(path))
-    for key, entry in claims.items():
-        if not isinstance(entry, dict):
-            raise FileFormatError(path, "registry", f"claims[{key!r}]", expected="an object with the registered "
-                                  f"hypothesis ({', '.join(HYPOTHESIS_FIELDS)})", seen=describe(entry),
-                                  fix=_fix(path))
+    claims_of(data, path, "registry", fix=_fix(path),
+              entry=f"registered entries with the hypothesis ({', '.join(HYPOTHESIS_FIELDS)})")
     return data
 
 
