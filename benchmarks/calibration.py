@@ -1,0 +1,149 @@
+"""Calibration of pytest-interp's verdicts on a shipped model: false-positive rates, interval coverage, the
+family-wise error of assert_only, and power, over many independent trials (a fresh random batch per trial).
+
+    python benchmarks/calibration.py                 # 1000 trials per n in 8, 16, 32, 128 (about 15 minutes)
+    python benchmarks/calibration.py --trials 200    # a quicker look
+
+Model: fixtures/induction-llama; inputs: BOS + A + A repeated-segment sequences (``layout="halves"``); metric:
+in-context loss (the second copy's predictions); intervention: the default mean ablation (each example replaced by
+the mean of the other examples). "Truth" is each head's effect on one batch of 2000 sequences. Prints a Markdown
+table (the README's Statistics section shows one run) and, for comparison, what the percentile bootstrap and the
+mean that includes the example itself gave on the same trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pytest_interp as pi
+from pytest_interp.core.stats import bootstrap_ci
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADS = [pi.head(layer, h) for layer in range(2) for h in range(4)]
+NULL = pi.head(1, 3)  # attends nearly uniformly; its true effect is slightly below zero
+SMALL = pi.head(0, 2)  # a small real effect (~0.06 nats): the boundary cases use it
+ALPHA = 0.05
+
+
+def _batch(subject: pi.Subject, n: int, seed: int) -> pi.RepeatedTokens:
+    return pi.repeated_tokens(subject, n=n, seed=seed, layout="halves")
+
+
+def _metric(data: pi.RepeatedTokens) -> pi.metrics.Metric:
+    return pi.metrics.loss(mask=data.second_half)
+
+
+def _tol(p: float, trials: int) -> float:
+    """Three binomial standard errors around a rate p."""
+    return 3 * float(np.sqrt(p * (1 - p) / trials))
+
+
+def truth(subject: pi.Subject, n: int = 2000) -> dict[pi.Site, float]:
+    data = _batch(subject, n, seed=10_000_019)
+    sweep = pi.sweep(subject, HEADS, inputs=data.tokens, metric=_metric(data))
+    return {s: e.mean for s, e in sweep.items()}
+
+
+def trial(subject: pi.Subject, n: int, seed: int, true: dict[pi.Site, float]) -> dict[str, object]:
+    data = _batch(subject, n, seed)
+    m = _metric(data)
+    out: dict[str, object] = {}
+    # a family with one false statement at its boundary: head 0.2 claimed unnecessary within its true effect
+    try:
+        pi.assert_only(subject, necessary=[pi.head(1, 0), pi.head(1, 1)],
+                       among=[pi.head(1, 0), pi.head(1, 1), SMALL, NULL], inputs=data.tokens, metric=m,
+                       at_least=2.5, within=abs(true[SMALL]))
+        out["fwe_only"] = 1.0
+    except pi.ClaimFailed:
+        out["fwe_only"] = 0.0
+    # every head's effect and interval from one sweep: the numbers pi.ablate and the claims give at each site
+    # (tests/unit/test_sweeps.py checks they are equal), so each claim's verdict is its rule applied to them
+    sweep = pi.sweep(subject, HEADS, inputs=data.tokens, metric=m, seed=seed)
+    for s, e in sweep.items():
+        pct = bootstrap_ci((e.values,), lambda x: x, alpha=ALPHA, n_boot=1000, seed=seed)
+        out[str(s)] = (e.mean, e.ci[0], e.ci[1], pct[0], pct[1])
+    # the old default: a mean that includes the example itself
+    incl = pi.ablate(subject, pi.head(1, 0), inputs=data.tokens, metric=m, how=pi.Mean(exclude_self=False))
+    out["inclusive"] = incl.mean
+    return out
+
+
+def rates(rows: list[dict[str, object]], true: dict[pi.Site, float]) -> dict[str, float]:
+    """Verdict and coverage rates over the trials of one n."""
+    r: dict[str, float] = {"fwe_only": float(np.mean([row["fwe_only"] for row in rows]))}
+    arr = {str(s): np.array([row[str(s)] for row in rows]) for s in HEADS}  # [trials, 5]
+    for s in HEADS:
+        a, k = arr[str(s)], str(s)
+        expected = float(a[:, 0].mean())  # the estimand at this n: the effect's expectation over batches
+        r[f"bias {k}"] = expected - true[s]
+        r[f"cover_true {k}"] = float(np.mean((a[:, 1] <= true[s]) & (true[s] <= a[:, 2])))
+        r[f"cover_n {k}"] = float(np.mean((a[:, 1] <= expected) & (expected <= a[:, 2])))
+        r[f"above_n {k}"] = float(np.mean(a[:, 1] > expected))
+        r[f"below_n {k}"] = float(np.mean(a[:, 2] < expected))
+        r[f"pct_cover_n {k}"] = float(np.mean((a[:, 3] <= expected) & (expected <= a[:, 4])))
+        r[f"pct_above_n {k}"] = float(np.mean(a[:, 3] > expected))
+        r[f"pass0 {k}"] = float(np.mean(a[:, 1] >= 0.0))  # assert_necessary(at_least=0) passes
+        r[f"pct_pass0 {k}"] = float(np.mean(a[:, 3] >= 0.0))
+    small = arr[str(SMALL)]
+    w = abs(true[SMALL])
+    r["fp_equiv_boundary"] = float(np.mean((-w <= small[:, 1]) & (small[:, 2] <= w)))
+    r["bias_inclusive"] = float(np.mean([row["inclusive"] for row in rows])) - true[pi.head(1, 0)]
+    return r
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=1000)
+    ap.add_argument("--n", type=int, nargs="*", default=[8, 16, 32, 128])
+    ap.add_argument("--json", type=Path, default=None, help="also write the raw rates here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
+    warnings.simplefilter("ignore")
+    pi.configure(n_perm=200, n_boot=200)  # p-values and bootstrap counts do not enter these verdicts
+    subject = pi.load(ROOT / "fixtures" / "induction-llama")
+    true = truth(subject)
+    print("truth (n = 2000): " + ", ".join(f"{s} {v:.4f}" for s, v in true.items()), flush=True)
+    results: dict[int, dict[str, float]] = {}
+    for n in args.n:
+        t0 = time.perf_counter()
+        rows = [trial(subject, n, 1_000_003 * n + i, true) for i in range(args.trials)]
+        results[n] = rates(rows, true)
+        print(f"n = {n}: {args.trials} trials in {time.perf_counter() - t0:.0f} s", flush=True)
+    t = args.trials
+    k0, k2, k12, k10 = str(NULL), str(SMALL), str(pi.head(1, 2)), str(pi.head(1, 0))
+    lines = [f"| n | FP: null head 1.3, at_least=0 | FP: not_necessary at its boundary | FWE: assert_only | "
+             "coverage of the effect at this n (min over heads) | worst one-sided miss | coverage of the n = 2000 "
+             "effect (min over heads) | bias at this n (max over heads) | power at_least=0: head 0.2 (0.06) / "
+             "head 1.2 (0.49) | percentile bootstrap: FP null / coverage / worst miss | head 1.0 bias: inclusive "
+             "mean / leave-one-out |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n, r in results.items():
+        cover_n = min(r[f"cover_n {s}"] for s in HEADS)
+        miss = max(max(r[f"above_n {s}"], r[f"below_n {s}"]) for s in HEADS)
+        cover_true = min(r[f"cover_true {s}"] for s in HEADS)
+        bias = max((r[f"bias {s}"] for s in HEADS), key=abs)
+        pct_cover = min(r[f"pct_cover_n {s}"] for s in HEADS)
+        pct_miss = max(r[f"pct_above_n {s}"] for s in HEADS)
+        lines.append(f"| {n} | {r[f'pass0 {k0}']:.3f} | {r['fp_equiv_boundary']:.3f} | {r['fwe_only']:.3f} | "
+                     f"{cover_n:.3f} | {miss:.3f} | {cover_true:.3f} | {bias:+.3f} | {r[f'pass0 {k2}']:.3f} / "
+                     f"{r[f'pass0 {k12}']:.3f} | {r[f'pct_pass0 {k0}']:.3f} / {pct_cover:.3f} / {pct_miss:.3f} | "
+                     f"{r['bias_inclusive']:+.3f} / {r[f'bias {k10}']:+.3f} |")
+    lines.append(f"\n{t} trials per n; alpha = {ALPHA}; binomial tolerance (3 s.e.) at alpha/2: "
+                 f"{_tol(ALPHA / 2, t):.3f}, at 95% coverage: {_tol(0.05, t):.3f}")
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({"truth": {str(s): v for s, v in true.items()}, "trials": t,
+                                         "rates": {str(n): r for n, r in results.items()}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
