@@ -215,7 +215,9 @@ def test_sweep(subject):
                          timeout=120).stdout
     assert dom.count('<tr class="claim">') == 3
     assert dom.count("<svg") >= 4 and "<circle" in dom
-    assert "ablation sweep: zero-ablate, damage to kl" in dom and dom.count("<rect") == 8  # the 2 x 4 heatmap
+    assert "ablation sweep: zero-ablate, damage to kl" in dom
+    assert "Benjamini-Hochberg adjusted p (q-value)" in dom
+    assert dom.count("<rect") == 16  # the 2 x 4 heatmap of effects and the 2 x 4 heatmap of their q-values
     assert "3 claims: 2 held, 1 rejected" in dom
     shot = tmp_path / "report.png"
     subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,900", html.as_uri()],
