@@ -38,7 +38,9 @@ def pi_b1(subject: pi.Subject, tokens: torch.Tensor) -> tuple[dict, float, float
     """All-heads mean-ablation sweep; metric: mean log-prob of the actual next token (damage = clean - ablated,
     i.e. the increase of next-token loss)."""
     t = time.perf_counter()
-    sweep = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss(), how=pi.Mean())
+    # the peers replace each example by the mean over the whole batch, the example included: the same here, so
+    # the per-site numbers can be compared (the default, leave-one-out, runs the same passes)
+    sweep = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss(), how=pi.Mean(exclude_self=False))
     seconds = time.perf_counter() - t
     return {(s.layer, s.index): e.mean for s, e in sweep.items()}, seconds, sweep.work.fraction
 
