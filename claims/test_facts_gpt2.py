@@ -11,7 +11,7 @@ import pytest
 
 import pytest_interp as pi
 
-pytestmark = pytest.mark.interp_model("fixtures/facts-gpt2")
+pytestmark = pytest.mark.interp_model("../fixtures/facts-gpt2")
 
 
 def test_trace_localises_recall_at_the_last_token_in_layer_0(subject, lives_in):

@@ -10,7 +10,7 @@ import pytest
 
 import pytest_interp as pi
 
-pytestmark = pytest.mark.interp_model("fixtures/moe-mixtral")
+pytestmark = pytest.mark.interp_model("../fixtures/moe-mixtral")
 
 
 def lookup_loss(scored):

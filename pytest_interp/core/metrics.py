@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Protocol
 
 import torch
 
+from .batch import lengths, real
 from .cache import digest_any, tensor_digest
 from .errors import InterpError
 
@@ -22,28 +24,46 @@ class Metric:
 
     Args:
         fn: ``fn(logits, tokens) -> Tensor[batch]``. It is called on batch chunks, so row ``i`` of its
-            output must depend only on row ``i`` of its inputs.
+            output must depend only on row ``i`` of its inputs. It may also take keyword arguments ``rows``
+            (which examples of the inputs the chunk holds: index per-example targets with it, e.g.
+            ``answers[rows]``) and ``clean`` (the clean run's logits for the same rows: declaring it makes every
+            run also compute the clean run). Padded positions of a ragged batch hold
+            :data:`~pytest_interp.core.batch.PAD` (-1) in ``tokens``.
         higher_is_better: whether a larger score means better behaviour (log-prob: yes; loss: no).
         name: how reports name the metric.
         cache_key: a string you change whenever ``fn`` changes; with it, runs scored by this metric are
             cached across sessions (without it they are recomputed every time).
+        reads: the one position the metric reads (e.g. ``pi.last``; negative positions count from each
+            example's end). ``fn`` then receives ``logits [batch, 1, vocab]``: each example's logits there (and
+            ``clean`` likewise), and the model computes its output head only there, as the built-in
+            ``logprob`` does. ``None`` (default): full-length logits.
     """
 
     needs_clean = False
+    #: what the metric reads off a run: ``"logits"``, or ``"hidden"`` (the final hidden states)
+    output = "logits"
 
     def __init__(self, fn: Callable[..., torch.Tensor] | None = None, higher_is_better: bool = True,
-                 name: str | None = None, cache_key: str | None = None) -> None:
+                 name: str | None = None, cache_key: str | None = None, reads: int | None = None) -> None:
+        if reads is not None and (isinstance(reads, bool) or not isinstance(reads, int)):
+            raise InterpError("Metric reads= is not a position", expected="one int position, e.g. pi.last (-1)",
+                              seen=repr(reads)[:60], fix="pass reads=pi.last or reads=k, or leave it out")
+        self.reads = reads
         self.fn = fn
         self.higher_is_better = higher_is_better
         self.name: str = name or str(getattr(fn, "__name__", "metric"))
         self.cache_key = cache_key
+        self._takes = _keywords(fn) if fn is not None else set()
+        if "clean" in self._takes:
+            self.needs_clean = True
 
     def cache_spec(self) -> dict[str, Any] | None:
         """What identifies this metric's numbers in the run cache; None: never cached (a user function
         without ``cache_key=``, whose code and captured values cannot be fingerprinted safely)."""
         if self.cache_key is None:
             return None
-        return {"kind": "user", "name": self.name, "key": self.cache_key, "hib": self.higher_is_better}
+        return {"kind": "user", "name": self.name, "key": self.cache_key, "hib": self.higher_is_better,
+                "reads": self.reads}
 
     def __repr__(self) -> str:
         return f"<Metric {self.name} ({'higher' if self.higher_is_better else 'lower'} is better)>"
@@ -58,25 +78,58 @@ class Metric:
             raise InterpError("Metric has no function", expected="Metric(fn, higher_is_better=...)",
                               seen="fn=None", fix="pass fn(logits, tokens) -> Tensor[batch]")
 
+        takes = self._takes
+        t = tokens.shape[1]
+        pos = None if self.reads is None else positions_of(self.reads, tokens, self.name)
+        lo, hi = (0, t) if pos is None else (int(pos.min()), int(pos.max()) + 1)
+
+        def at(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+            if pos is None or x is None:
+                return x
+            window = _window(x, lo, hi, t)
+            return window[torch.arange(len(rows), device=window.device), (pos[rows] - lo).to(window.device)][:, None]
+
         def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
-            out = torch.as_tensor(fn(logits, tokens[rows]))
+            extra: dict[str, Any] = {}
+            if "rows" in takes:
+                extra["rows"] = rows
+            if "clean" in takes:
+                extra["clean"] = at(clean_logits, rows)
+            out = torch.as_tensor(fn(at(logits, rows), tokens[rows], **extra))
             if out.shape != (len(rows),):
                 raise InterpError(f"metric {self.name} returned the wrong shape",
                                   expected=f"one score per example: ({len(rows)},)", seen=str(tuple(out.shape)),
                                   fix="reduce over positions inside the metric function")
             return out.float()
 
+        if pos is not None:
+            score.reads, score.seq = (lo, hi), t  # type: ignore[attr-defined]  # the LM head only there
         return score
 
 
+def _keywords(fn: Callable[..., Any]) -> set[str]:
+    """Which of the optional keywords ``rows`` and ``clean`` a metric function accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {k for k in ("rows", "clean") if k in params}
+
+
 def _mask(mask: Any, tokens: torch.Tensor, what: str) -> torch.Tensor:
-    """A prediction mask ``[batch, seq-1]``: True where the prediction at t (of token t+1) counts."""
+    """A prediction mask ``[batch, seq-1]``: True where the prediction at t (of token t+1) counts (never the
+    prediction of padding)."""
     b, t = tokens.shape
+    targets = real(tokens)[:, 1:]
     if mask is None:
         if t < 2:
             raise InterpError(f"{what} needs at least two tokens per example", expected=">= 2 tokens",
                               seen=f"{t} token(s)", fix="use longer inputs or metrics.logprob(answer)")
-        return torch.ones(b, t - 1, dtype=torch.bool, device=tokens.device)
+        short = ~targets.any(1)
+        if bool(short.any()):
+            raise InterpError(f"{what} needs at least two tokens per example", expected=">= 2 real tokens",
+                              seen=f"example {int(short.nonzero()[0])} has 1", fix="drop one-token examples")
+        return targets
     m = torch.as_tensor(getattr(mask, "mask", mask), device=tokens.device)
     if m.dtype != torch.bool:
         raise InterpError(f"{what} mask is not boolean", expected="a bool tensor [batch, seq]", seen=str(m.dtype),
@@ -93,6 +146,11 @@ def _mask(mask: Any, tokens: torch.Tensor, what: str) -> torch.Tensor:
     if m.shape != (b, t - 1):
         raise InterpError(f"{what} mask has the wrong shape", expected=f"[batch, seq] = {[b, t]}",
                           seen=str(list(m.shape)), fix="build the mask for the same inputs the claim uses")
+    if bool((m & ~targets).any()):
+        ex = int((m & ~targets).any(1).nonzero()[0])
+        raise InterpError(f"{what} mask counts the prediction of padding",
+                          expected="mask[b, t] True only where token t+1 is a real token",
+                          seen=f"example {ex}", fix="AND the mask with the real tokens: mask & pi.real(tokens)")
     empty = (~m).all(dim=1)
     if bool(empty.any()):
         raise InterpError(f"{what} mask counts no prediction for {int(empty.sum())} example(s)",
@@ -132,7 +190,7 @@ class _Loss(Metric):
 
     def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         m = _mask(self.mask, tokens, self.name)
-        targets = tokens[:, 1:]
+        targets = tokens[:, 1:].clamp_min(0)  # padding is never counted
         t = tokens.shape[1]
 
         lo, hi = _counted(m)
@@ -174,9 +232,7 @@ class _Answer(Metric):
 
     def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         b, t = tokens.shape
-        if not -t <= self.position < t:
-            raise InterpError(f"{self.name} reads position {self.position}", expected=f"a position in [-{t}, {t})",
-                              seen=f"sequences of {t} tokens", fix="pass position= within the inputs")
+        pos = positions_of(self.position, tokens, self.name)
         ids = {}
         for label, value in (("answer", self.answer), ("wrong", self.wrong)):
             if value is None:
@@ -189,22 +245,38 @@ class _Answer(Metric):
                                   expected="one token id per example (or one for all)", seen=f"{got.numel()} ids",
                                   fix=f"pass {label} with the batch's length")
             ids[label] = got
-
-        pos = self.position % t
+        lo, hi = int(pos.min()), int(pos.max()) + 1
 
         def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
-            last = _window(logits, pos, pos + 1, t)[:, 0].float()
+            window = _window(logits, lo, hi, t)
+            at = (pos[rows] - lo).to(window.device)
+            last = window[torch.arange(len(rows), device=window.device), at].float()
             a = ids["answer"][rows]
             if "wrong" in ids:
                 return last.gather(-1, a[:, None])[:, 0] - last.gather(-1, ids["wrong"][rows][:, None])[:, 0]
             return torch.log_softmax(last, -1).gather(-1, a[:, None])[:, 0]
 
-        score.reads, score.seq = (pos, pos + 1), t  # type: ignore[attr-defined]  # the LM head may skip the rest
+        score.reads, score.seq = (lo, hi), t  # type: ignore[attr-defined]  # the LM head may skip the rest
         return score
 
 
+def positions_of(position: int, tokens: torch.Tensor, what: str) -> torch.Tensor:
+    """Each example's position ``position`` counts (negative: from its own end; ``-1`` its last real token)."""
+    n = lengths(tokens)
+    pos = n + position if position < 0 else torch.full_like(n, position)
+    bad = (pos < 0) | (pos >= n)
+    if bool(bad.any()):
+        ex = int(bad.nonzero()[0])
+        raise InterpError(f"{what} reads position {position}, past the end of an example",
+                          expected=f"a position in [-{int(n.min())}, {int(n.min())}) (the shortest example)",
+                          seen=f"example {ex} has {int(n[ex])} tokens",
+                          fix="pass position= within every example (pi.last is each example's last token)")
+    return pos
+
+
 def logprob(answer: Any, *, position: int = -1) -> Metric:
-    """Log-probability of ``answer`` (token ids [batch], one id, or single-token strings) at ``position``."""
+    """Log-probability of ``answer`` (token ids [batch], one id, or single-token strings) at ``position`` (per
+    example: negative positions count from each example's end; the default is its last real token)."""
     return _Answer(answer, None, position)
 
 
@@ -226,7 +298,7 @@ class _KL(Metric):
     def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
         b, t = tokens.shape
         if self.mask is None:
-            m = torch.ones(b, t, dtype=torch.bool, device=tokens.device)
+            m = real(tokens)
         else:
             m = torch.as_tensor(self.mask, device=tokens.device, dtype=torch.bool)
             if m.shape != (b, t):
@@ -256,4 +328,71 @@ def kl(mask: Any = None) -> Metric:
     return _KL(mask)
 
 
-__all__ = ["Metric", "accuracy", "kl", "logit_diff", "logprob", "loss"]
+POOLS = ("mean", "first", "last")
+
+
+def pool(hidden: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
+    """One vector per example from final hidden states ``[b, seq, d]`` over its real tokens (``valid``): their
+    mean (sentence-transformers' pooling), the first token ([CLS]) or the last real token."""
+    h = hidden.float()
+    if how == "mean":
+        v = valid.to(h.device, torch.float32)[..., None]
+        return (h * v).sum(1) / v.sum(1)
+    if how == "first":
+        return h[:, 0]
+    last = valid.sum(1).to(h.device) - 1
+    return h[torch.arange(h.shape[0], device=h.device), last]
+
+
+class _Cosine(Metric):
+    output = "hidden"
+
+    def __init__(self, reference: Any, pool: str) -> None:
+        if pool not in POOLS:
+            raise InterpError(f"cosine pool {pool!r} is not supported", expected=" / ".join(POOLS), seen=repr(pool),
+                              fix="pool='mean' (sentence embeddings), 'first' ([CLS]) or 'last'")
+        super().__init__(None, higher_is_better=True,
+                         name=f"cosine({pool}-pooled, {'clean' if reference is None else 'reference'})")
+        self.reference, self.pool = reference, pool
+        self.needs_clean = reference is None
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        return {"kind": "cosine", "pool": self.pool, "reference": tensor_digest(self.reference)}
+
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        valid = real(tokens)
+        ref = None
+        if self.reference is not None:
+            ref = torch.as_tensor(self.reference).float()
+            if ref.dim() != 2 or ref.shape[0] != tokens.shape[0]:
+                raise InterpError("cosine reference has the wrong shape", expected=f"one vector per example: "
+                                  f"[{tokens.shape[0]}, d]", seen=str(list(ref.shape)),
+                                  fix="build it with pi.embeddings(subject, texts) for the same number of texts")
+
+        def score(hidden: torch.Tensor, rows: torch.Tensor, clean: torch.Tensor | None = None) -> torch.Tensor:
+            mine = pool(hidden, valid[rows], self.pool)
+            if ref is None:
+                assert clean is not None
+                other = pool(clean, valid[rows], self.pool)
+            else:
+                other = ref[rows.to(ref.device)].to(mine.device)
+                if other.shape[1] != mine.shape[1]:
+                    raise InterpError("cosine reference vectors have another width than the model's",
+                                      expected=f"d = {mine.shape[1]}", seen=f"d = {other.shape[1]}",
+                                      fix="embed the reference texts with the same model")
+            return torch.nn.functional.cosine_similarity(mine, other, dim=-1)
+
+        score.output = "hidden"  # type: ignore[attr-defined]  # the runner passes the final hidden states
+        return score
+
+
+def cosine(reference: Any = None, *, pool: str = "mean") -> Metric:
+    """Cosine similarity of each example's pooled final representation (``pool``: ``"mean"`` over its real
+    tokens, ``"first"`` token, or ``"last"`` real token) to a reference vector: by default its own on the clean
+    run (an ablation's damage is then ``1 - cosine``: how far the representation moved), or row ``i`` of
+    ``reference [n, d]`` (e.g. ``pi.embeddings(subject, paraphrases)``: paraphrase similarity). For models with or
+    without an output head; higher is better."""
+    return _Cosine(reference, pool)
+
+
+__all__ = ["Metric", "accuracy", "cosine", "kl", "logit_diff", "logprob", "loss", "pool"]

@@ -76,6 +76,10 @@ def _normalise_positions(positions: Any) -> Positions:
                       seen=type(positions).__name__, fix="convert the positions to one of the expected types")
 
 
+#: the last real token of each example (``site.at(pi.last)``, ``metrics.logprob(answer, position=pi.last)``)
+last = -1
+
+
 @dataclass(frozen=True)
 class Site:
     """A place in a model. Printed in paper notation: ``head 1.4``, ``mlp 5 @ -1``.
@@ -93,7 +97,10 @@ class Site:
     positions: Positions = None
 
     def at(self, positions: Any) -> Site:
-        """Restrict the site to token positions: an int, a list of ints, a slice, or a bool mask [batch, seq]."""
+        """Restrict the site to token positions: an int, a list of ints, a slice, or a bool mask [batch, seq].
+
+        Negative positions count from each example's own end: ``-1`` (:data:`last`) is every example's last
+        real token, however long each is (ragged batches are right-padded)."""
         return replace(self, positions=_normalise_positions(positions))
 
     @property

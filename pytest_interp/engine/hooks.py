@@ -110,12 +110,13 @@ class Edit:
     pure: bool = False  # fn is a deterministic function of (activation, rows): see Intervention.pure
     fired: int = 0
     changed: bool = False
+    lengths: torch.Tensor | None = None  # each example's real length in a ragged batch (set by the runner)
 
 
 def apply(edit: Edit, act: Any, rows: torch.Tensor, batch: int) -> Any:
     """``edit``'s replacement of ``act`` (an activation tensor, or a MoE Route) at the site's positions."""
     new = edit.fn(act, rows)
-    mask = position_mask(edit.site, rows, batch, act.shape[1], rows.device)
+    mask = position_mask(edit.site, rows, batch, act.shape[1], rows.device, edit.lengths)
     routed = isinstance(act, Route)
     if mask is not None:
         mask = mask.to(act.index.device if routed else act.device)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from ..core.batch import ragged, real
 from ..core.cache import digest_any
 from ..core.errors import InterpError
 from ..core.sites import Site
@@ -26,6 +28,21 @@ class Intervention:
 
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
         raise NotImplementedError
+
+    def for_inputs(self, tokens: torch.Tensor) -> Intervention:
+        """This intervention with any setting left to the inputs decided (see :class:`Mean`'s
+        ``per_position``); experiments call it once their inputs are known."""
+        return self
+
+    def weights(self, n: int) -> tuple[float, ...]:
+        """How an intervened score is made from runs on a batch of ``n``: the weight of each run's scores, run
+        ``i`` using :meth:`prepare_run` ``(..., i)``. One run of weight 1 for every intervention except the
+        bias-corrected :class:`Mean`, which extrapolates from two."""
+        return (1.0,)
+
+    def prepare_run(self, subject: Subject, site: Site, tokens: torch.Tensor, i: int) -> Replacement:
+        """The replacement function of run ``i`` (see :meth:`weights`)."""
+        return self.prepare(subject, site, tokens)
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -60,35 +77,81 @@ class Zero(Intervention):
 class Mean(Intervention):
     """Replace the activation with its mean over a reference batch (default: the inputs themselves).
 
-    By default (no ``reference``) each example's replacement is the mean over the *other* inputs: the
-    leave-one-out mean, so that an example never partly keeps its own activation (with the example included, the
-    ablation is shrunk by 1/n and the measured damage grows with n). A separate ``reference`` batch is averaged
-    whole.
+    By default (no ``reference``) each example's replacement is the mean over the *other* inputs, and the
+    effect is corrected for the size of that mean. With the example included, the ablation is shrunk by 1/n and
+    the measured damage grows with n. Left out, the replacement is the mean of n - 1 examples, whose sampling
+    noise adds damage of about c / (n - 1) (the metric is curved around the mean): a strong head's effect is
+    overstated at small n. The default therefore runs twice, once with the mean of the n - 1 others (k1) and
+    once with the mean of a seeded random half of them (k2 = (n - 1) // 2), and reports the Richardson
+    extrapolation (k1 E(k1) - k2 E(k2)) / (k1 - k2): the effect of ablating with the population mean, with a
+    remaining bias of order 1 / n^2. ``debias=False`` runs once with the leave-one-out mean.
+
+    A separate ``reference`` batch is averaged whole (one run; its bias is c / its size).
 
     Args:
         reference: token ids [n, seq] (or strings) to average over; ``None`` means the experiment's inputs.
-        per_position: average over examples separately at each position (the default), or over examples
-            and positions together (needed when the reference has another length than the inputs).
+        per_position: average over examples separately at each position, or over examples and their real
+            positions together (needed when the reference has another length than the inputs). ``None`` (the
+            default): per position when the examples have one length, over all positions when their lengths
+            differ (real text: position t of one sentence has nothing to do with position t of another).
+            ``True`` with examples of different lengths aligns them at their starts, or at their ends for a
+            site at negative positions (``pi.last``).
         exclude_self: with no ``reference``, leave each example out of its own mean (the default).
+        debias: with the leave-one-out mean, correct the effect for the mean's size (the default; two runs).
+        seed: seed of the random halves the correction uses.
     """
 
     pure = True
 
     reference: Any = None
-    per_position: bool = True
+    per_position: bool | None = None
     exclude_self: bool = True
+    debias: bool = True
+    seed: int = 0
+
+    def for_inputs(self, tokens: torch.Tensor) -> Mean:
+        if self.per_position is not None:
+            return self
+        ref_ragged = self.reference is not None and isinstance(self.reference, torch.Tensor) and \
+            ragged(self.reference)
+        return dataclasses.replace(self, per_position=not (ragged(tokens) or ref_ragged))
 
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
+        return self.prepare_run(subject, site, tokens, 0)
+
+    def weights(self, n: int) -> tuple[float, ...]:
+        if not self._extrapolates(n):
+            return (1.0,)
+        k1, k2 = n - 1, (n - 1) // 2
+        return (k1 / (k1 - k2), -k2 / (k1 - k2))
+
+    def _extrapolates(self, n: int) -> bool:
+        return self.reference is None and self.exclude_self and self.debias and n >= 3
+
+    def prepare_run(self, subject: Subject, site: Site, tokens: torch.Tensor, i: int) -> Replacement:
+        if self.per_position is None:
+            return self.for_inputs(tokens).prepare_run(subject, site, tokens, i)
         ref = tokens if self.reference is None else subject.tokens(self.reference, name="Mean reference")
-        if self.per_position and ref.shape[1] != tokens.shape[1]:
+        from_end = _from_end(site)
+        if self.per_position and not from_end and ref.shape[1] != tokens.shape[1]:
             raise InterpError("Mean reference has another length than the inputs",
                               expected=f"{tokens.shape[1]} tokens per reference example (per-position mean)",
                               seen=f"{ref.shape[1]} tokens", fix="use Mean(reference, per_position=False)")
         acts = capture(subject, ref, [site.unrestricted])[site.unrestricted]
-        if self.reference is None and self.exclude_self:
-            return _leave_one_out_mean(acts, self.per_position)
-        mean = acts.mean(0, keepdim=True) if self.per_position else acts.mean((0, 1), keepdim=True)
-        return lambda act, rows: mean.to(act.dtype).expand_as(act)
+        own = self.reference is None and self.exclude_self
+        if not own:
+            if self.reference is not None and self.per_position and (ragged(tokens) or ragged(ref)):
+                raise InterpError("a per-position reference mean needs equal-length inputs and reference",
+                                  expected="no padding in either batch", seen="examples of different lengths",
+                                  fix="use pi.Mean(reference, per_position=False), or the inputs' own mean")
+            mean = _Means(acts, real(ref), self.per_position, from_end).whole()
+            if self.reference is None and self.per_position and from_end and ragged(tokens):
+                raise InterpError("pi.Mean(exclude_self=False) on examples of different lengths is not supported",
+                                  expected="equal-length inputs", seen="a ragged batch",
+                                  fix="use the default pi.Mean() (it leaves each example out)")
+            return lambda act, rows: mean.to(act.dtype).expand_as(act)
+        means = _Means(acts, real(tokens), self.per_position, from_end)
+        return means.leave_one_out() if i == 0 else means.subset(_halves(acts.shape[0], self.seed))
 
     def reads(self, subject: Subject, tokens: torch.Tensor) -> torch.Tensor | None:
         return tokens if self.reference is None else subject.tokens(self.reference, name="Mean reference")
@@ -98,23 +161,133 @@ class Mean(Intervention):
             src = "the other inputs" if self.exclude_self else "inputs"
         else:
             src = "reference batch"
-        return f"mean-ablate (mean over {src}{'' if self.per_position else ', all positions'})"
+        extra = ", size-corrected" if self.reference is None and self.exclude_self and self.debias else ""
+        where = {True: "", False: ", all positions", None: ", per position if one length"}[self.per_position]
+        return f"mean-ablate (mean over {src}{where}{extra})"
 
 
-def _leave_one_out_mean(acts: torch.Tensor, per_position: bool) -> Replacement:
-    """Each example's mean over the other examples of ``acts`` ``[n, seq, d]``."""
-    n = acts.shape[0]
-    if n < 2:
-        raise InterpError("a mean ablation over the inputs needs at least 2 examples", expected="a batch of >= 2 "
-                          "(each example is replaced by the mean of the others)", seen=f"{n} example",
-                          fix="pass more examples, or Mean(reference=...) with a separate batch")
-    if per_position:
-        total = acts.sum(0, keepdim=True)
-        return lambda act, rows: ((total - acts[rows]) / (n - 1)).to(act.dtype)
-    t = acts.shape[1]
-    total = acts.sum((0, 1), keepdim=True)
-    own = acts.sum(1, keepdim=True)
-    return lambda act, rows: ((total - own[rows]) / ((n - 1) * t)).to(act.dtype).expand_as(act)
+def _halves(n: int, seed: int) -> torch.Tensor:
+    """An ``[n, n]`` 0/1 matrix: row i marks a seeded random (n - 1) // 2 of the examples other than i."""
+    k = (n - 1) // 2
+    g = torch.Generator().manual_seed(seed)
+    w = torch.zeros(n, n)
+    for i in range(n):
+        others = torch.cat([torch.arange(i), torch.arange(i + 1, n)])
+        w[i, others[torch.randperm(n - 1, generator=g)[:k]]] = 1.0
+    return w
+
+
+def _from_end(site: Site) -> bool:
+    """Whether a site's positions count from each example's end (negative ints), so that examples of different
+    lengths are aligned at their ends for a per-position mean (at their starts otherwise)."""
+    pos = site.positions
+    idx = (pos,) if isinstance(pos, int) else pos
+    return isinstance(idx, tuple) and bool(idx) and all(isinstance(p, int) and p < 0 for p in idx)
+
+
+class _Means:
+    """Means of a site's activations ``acts [n, seq, ...]`` over real positions (``valid [n, seq]``) of other
+    examples: per position (examples aligned at their starts, or ``from_end`` at their ends) or over all
+    positions. Padded positions never enter a mean; a padded position's replacement is its own activation."""
+
+    def __init__(self, acts: torch.Tensor, valid: torch.Tensor, per_position: bool, from_end: bool) -> None:
+        n, seq = valid.shape
+        self.n, self.seq, self.dtype_shape = n, seq, acts.shape[2:]
+        self.per_position = per_position
+        valid = valid.to(acts.device)
+        self.shift: torch.Tensor | None = None
+        if per_position and from_end and not bool(valid.all()):
+            # example i's position t sits at column t + (seq - L_i) of the end-aligned frame
+            self.shift = (seq - valid.sum(1)).to(acts.device)
+            acts, valid = self._to_frame(acts), self._to_frame(valid)
+        self.valid = valid
+        v = valid.to(torch.float32).reshape(n, seq, *([1] * (acts.dim() - 2)))
+        x = acts.float() * v
+        if per_position:
+            self.x, self.v = x, v  # [n, seq, ...], [n, seq, 1...]
+        else:
+            self.x, self.v = x.sum(1, keepdim=True), v.sum(1, keepdim=True)  # [n, 1, ...]: sums over positions
+
+    def _frame_index(self, inverse: bool) -> torch.Tensor:
+        assert self.shift is not None
+        t = torch.arange(self.seq, device=self.shift.device)[None]
+        return (t + self.shift[:, None]) % self.seq if inverse else (t - self.shift[:, None]) % self.seq
+
+    def _to_frame(self, a: torch.Tensor) -> torch.Tensor:
+        idx = self._frame_index(False)
+        return a.gather(1, idx.reshape(*idx.shape, *([1] * (a.dim() - 2))).expand_as(a))
+
+    def _from_frame(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        idx = self._frame_index(True)[rows.to(self.shift.device)]  # type: ignore[union-attr]
+        return a.gather(1, idx.reshape(*idx.shape, *([1] * (a.dim() - 2))).expand_as(a))
+
+    def whole(self) -> torch.Tensor:
+        """The mean over every example (a reference batch's mean), ``[1, seq or 1, ...]``."""
+        count = self.v.sum(0, keepdim=True)
+        if bool((count == 0).any()) and self.per_position:
+            t = int((count.reshape(self.seq) == 0).nonzero()[0])
+            raise InterpError("a per-position mean has no real token at some position", expected="every position "
+                              "covered by some example", seen=f"position {t} is padding in every example",
+                              fix="use pi.Mean(per_position=False) or equal-length inputs")
+        return self.x.sum(0, keepdim=True) / count
+
+    def _output(self, mean: torch.Tensor, act: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if not self.per_position:
+            return mean.to(act.dtype).expand_as(act)
+        if self.shift is not None:
+            mean = self._from_frame(mean, rows)
+        return mean.to(act.dtype)
+
+    def leave_one_out(self) -> Replacement:
+        """Each example's mean over the other examples' real tokens."""
+        if self.n < 2:
+            raise InterpError("a mean ablation over the inputs needs at least 2 examples", expected="a batch of "
+                              ">= 2 (each example is replaced by the mean of the others)", seen=f"{self.n} example",
+                              fix="pass more examples, or Mean(reference=...) with a separate batch")
+        total, count = self.x.sum(0, keepdim=True), self.v.sum(0, keepdim=True)
+        alone = (count - self.v == 0) & (self.v > 0)  # a real token no other example has at that position
+        if bool(alone.any()):
+            ex, t = (int(x) for x in alone.reshape(self.n, -1).nonzero()[0])
+            raise InterpError("a per-position mean has no other example at some real position",
+                              expected="each real position shared by at least 2 examples",
+                              seen=f"example {ex}, position {t}{' from its end' if self.shift is not None else ''}:"
+                                   " only it is that long",
+                              fix="use pi.Mean(per_position=False), restrict the site to positions every example "
+                                  "has (e.g. .at(pi.last)), or add examples of that length")
+
+        def fn(act: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            r = rows.to(self.x.device)
+            c = count - self.v[r]
+            return self._output((total - self.x[r]) / c.clamp_min(1), act, rows)
+        return fn
+
+    def subset(self, w: torch.Tensor) -> Replacement:
+        """Each example's mean over the examples its row of ``w`` marks (at a position none of them has, the
+        leave-one-out mean)."""
+        loo = self.leave_one_out()
+        w = w.to(self.x.device)
+        flat_x, flat_v = self.x.reshape(self.n, -1), self.v.reshape(self.n, -1)
+
+        def fn(act: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            r = rows.to(self.x.device)
+            s = (w[r] @ flat_x).reshape(len(rows), *self.x.shape[1:])
+            c = (w[r] @ flat_v).reshape(len(rows), *self.v.shape[1:])
+            mean = s / c.clamp_min(1e-12)
+            if bool((c == 0).any()):
+                other = loo(act, rows).float()
+                if self.shift is not None and self.per_position:
+                    other = self._to_frame_rows(other, rows)
+                elif not self.per_position:
+                    other = other[:, :1]
+                mean = torch.where(c == 0, other, mean)
+            return self._output(mean, act, rows)
+        return fn
+
+    def _to_frame_rows(self, a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        assert self.shift is not None
+        t = torch.arange(self.seq, device=self.shift.device)[None]
+        idx = (t - self.shift[rows.to(self.shift.device)][:, None]) % self.seq
+        return a.gather(1, idx.reshape(*idx.shape, *([1] * (a.dim() - 2))).expand_as(a))
 
 
 @dataclass(frozen=True, eq=False)

@@ -17,7 +17,8 @@ import torch
 from ..core.errors import InterpError, InterventionNoOpError
 from ..core.settings import settings
 from ..core.sites import Site
-from ..model.checks import check_layer
+from ..core.batch import ragged, real
+from ..model.checks import batch_lengths, check_layer
 from ..model.subject import Subject
 from .hooks import Edit, hooks, install, install_edits, install_router
 
@@ -37,13 +38,33 @@ def finite(logits: torch.Tensor, what: str) -> torch.Tensor:
     return logits
 
 
-def logits_of(out: Any) -> torch.Tensor:
-    """The logits of a model output, or an InterpError for a model without a language-model head."""
+def logits_of(out: Any, kind: str = "logits") -> torch.Tensor:
+    """What a metric scores in a model output: the logits (``kind="logits"``), or the final hidden states
+    ``[batch, seq, d]`` (``kind="hidden"``: the last layer's output, after any final norm). An InterpError for
+    logits from a model without an output head."""
+    if kind == "hidden":
+        states = getattr(out, "hidden_states", None)
+        hidden = states[-1] if states else getattr(out, "last_hidden_state", None)
+        if hidden is None:
+            raise InterpError("the model output has no hidden states", expected="last_hidden_state or "
+                              "hidden_states", seen=type(out).__name__, fix="use a transformers model")
+        return hidden
     logits = getattr(out, "logits", None)
     if logits is None:
-        raise InterpError("the model output has no logits", expected="a model with a language-model head",
-                          seen=type(out).__name__, fix="load an *ForCausalLM / *ForMaskedLM model")
+        raise InterpError("the model output has no logits: this model has no language-model or classification "
+                          "head", expected="a metric this model can score",
+                          seen=f"{type(out).__name__} (final hidden states only)",
+                          fix="score its representations with a hidden-state metric, e.g. "
+                              "pi.metrics.cosine() (the change in each example's pooled embedding) or "
+                              "pi.metrics.cosine(reference=pi.embeddings(subject, other_texts))")
     return logits
+
+
+def output_kwargs(subject: Subject, kind: str) -> dict[str, Any]:
+    """Forward arguments a metric reading ``kind`` needs: hidden states of a model that also computes logits."""
+    if kind == "hidden" and subject.has_head:
+        return {"output_hidden_states": True}
+    return {}
 
 
 def chunks(n: int) -> Iterator[torch.Tensor]:
@@ -59,14 +80,30 @@ def forward(subject: Subject, tokens: torch.Tensor | None = None, *, embeds: tor
     the model in the package."""
     if subject.adapter.causal:
         kwargs.setdefault("use_cache", False)
+    if tokens is not None and ragged(tokens):
+        # padding: any real id goes in (a causal model's real tokens never attend to the padding after them;
+        # an encoder's attention masks it out), so every real position computes what it does alone
+        if not subject.adapter.causal:
+            kwargs.setdefault("attention_mask", real(tokens).long())
+        tokens = tokens.masked_fill(~real(tokens), subject.filler_id)
     inputs = {"input_ids": tokens} if embeds is None else {"inputs_embeds": embeds}
     with torch.set_grad_enabled(grad):
         return subject.model(**inputs, **kwargs)
 
 
-def logits(subject: Subject, tokens: torch.Tensor | None = None, *, what: str, **kwargs: Any) -> torch.Tensor:
-    """The finite logits of one forward pass (``what`` names the run in the error if they are not)."""
-    return finite(logits_of(forward(subject, tokens, **kwargs)), what)
+def logits(subject: Subject, tokens: torch.Tensor | None = None, *, what: str, kind: str = "logits",
+           **kwargs: Any) -> torch.Tensor:
+    """The finite logits (or ``kind="hidden"``: final hidden states) of one forward pass (``what`` names the run
+    in the error if they are not)."""
+    return finite(logits_of(forward(subject, tokens, **output_kwargs(subject, kind), **kwargs), kind), what)
+
+
+def bind_lengths(edits: list[Edit], tokens: torch.Tensor) -> None:
+    """Tell ``edits`` each example's real length when ``tokens`` is a ragged batch (positions count from each
+    example's own end)."""
+    lens = batch_lengths(tokens)
+    for e in edits:
+        e.lengths = lens
 
 
 def run(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *,
@@ -75,14 +112,16 @@ def run(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreF
     batch = tokens.shape[0]
     out = []
     head = subject.head_kwargs(score)
+    kind = getattr(score, "output", "logits")
+    bind_lengths(edits, tokens)
     for rows in chunks(batch):
         chunk = tokens[rows.to(tokens.device)]
-        clean = logits(subject, chunk, what="clean run", **head) if needs_clean or not edits else None
+        clean = logits(subject, chunk, what="clean run", kind=kind, **head) if needs_clean or not edits else None
         if clean is not None and not edits:
             got = clean
         else:
             with hooks(install_edits(subject, edits, rows, batch)):
-                got = logits(subject, chunk, what="intervened run", **head)
+                got = logits(subject, chunk, what="intervened run", kind=kind, **head)
         out.append(score(got, rows.to(tokens.device), clean).detach())
     check_edits(edits)
     return torch.cat(out)
@@ -145,7 +184,7 @@ def capture(subject: Subject, tokens: torch.Tensor, sites: list[Site]) -> dict[S
                     return None
                 handles.append(install(subject, s, read))
             with hooks(handles):
-                logits(subject, tokens[rows.to(tokens.device)], what="clean run")
+                forward(subject, tokens[rows.to(tokens.device)])
         for s in missing:
             if not got[s]:
                 raise InterventionNoOpError(f"reading {s} captured nothing", expected="the hook to fire",

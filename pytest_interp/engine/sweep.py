@@ -23,10 +23,11 @@ from typing import Any, Iterator
 import torch
 
 from ..core.settings import settings
-from ..core.sites import Site
+from ..core.sites import Mask, Site
+from ..model.checks import position_mask
 from ..model.subject import Subject
 from .hooks import Edit, apply, hooks, install
-from .runner import ScoreFn, check_edits, chunks, finite, forward, logits_of
+from .runner import ScoreFn, bind_lengths, check_edits, chunks, finite, forward, logits_of, output_kwargs
 
 
 @dataclass
@@ -72,19 +73,18 @@ def start_layer(edit: Edit, n_layers: int) -> int:
 
 
 def start_position(edit: Edit, seq: int) -> int:
-    """In a causal model, the first position whose computation the edit can change (0 when it covers all)."""
+    """In a causal model, the first position whose computation the edit can change in any example (0 when it
+    covers all)."""
     pos = edit.site.positions
-    if edit.site.kind in ("expert", "router"):
+    if edit.site.kind in ("expert", "router") or pos is None or isinstance(pos, Mask):
         return 0
-    if isinstance(pos, int):
-        return pos % seq
-    if isinstance(pos, tuple) and pos:
-        return min(p % seq for p in pos)
-    return 0
+    batch = 1 if edit.lengths is None else len(edit.lengths)
+    mask = position_mask(edit.site, torch.arange(batch), batch, seq, "cpu", edit.lengths)
+    return 0 if mask is None else int(mask.any(0).nonzero()[0])
 
 
 def _capture_blocks(subject: Subject, chunk: torch.Tensor, keep_cache: bool, head: dict[str, Any],
-                    sites: list[Site]) -> tuple[list[Any], torch.Tensor, Any, dict[Site, torch.Tensor]]:
+                    sites: list[Site], kind: str) -> tuple[list[Any], torch.Tensor, Any, dict[Site, torch.Tensor]]:
     """One clean pass: every block's output object, the logits, (``keep_cache``) the key/value cache, and the
     activations at ``sites``."""
     outs: list[Any] = [None] * subject.n_layers
@@ -101,8 +101,9 @@ def _capture_blocks(subject: Subject, chunk: torch.Tensor, keep_cache: bool, hea
             h.remove()
         raise
     with hooks(handles):
+        head = {**head, **output_kwargs(subject, kind)}
         out = forward(subject, chunk, use_cache=True, **head) if keep_cache else forward(subject, chunk, **head)
-        logits = finite(logits_of(out), "clean run")
+        logits = finite(logits_of(out, kind), "clean run")
     return outs, logits, _plain_cache(getattr(out, "past_key_values", None)) if keep_cache else None, acts
 
 
@@ -190,10 +191,12 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
     work = Work(naive=len(edits) * n_layers * batch * seq)
     parts: list[list[torch.Tensor]] = [[] for _ in edits]
     causal = bool(subject.adapter.causal) and reuse_prefix
+    bind_lengths(edits, tokens)
     starts = [(start_layer(e, n_layers) if reuse_prefix else 0, start_position(e, seq) if causal else 0)
               for e in edits]
     order = sorted(range(len(edits)), key=lambda i: starts[i])
     head = subject.head_kwargs(score)  # the LM head only where the metric reads
+    kind = getattr(score, "output", "logits")
     reads = getattr(score, "reads", None)
     r_lo = reads[0] if head and reads is not None else 0  # the clean logits cover positions [r_lo, ...)
     progress = Progress(len(edits) * len(range(0, batch, settings().batch_size)), "pytest-interp sweep")
@@ -206,7 +209,7 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
         check = list(dict.fromkeys(edits[i].site.unrestricted for i in order if edits[i].pure and (
             not edits[i].must_change or _unread(reads, starts[i][1]))))
         outputs, clean_logits, cache, acts = _capture_blocks(subject, chunk, any(p for _, p in starts), head,
-                                                             check)
+                                                             check, kind)
         dev_rows = rows.to(tokens.device)
         groups: dict[tuple[int, int], list[int]] = {}
         for i in order:
@@ -249,14 +252,15 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
                         positions = torch.arange(p, seq, device=chunk.device)[None].expand(k * b, -1)
                         out = forward(subject, chunk[:, p:].repeat(k, 1), past_key_values=_prefix_cache(cache, p, k),
                                               position_ids=positions, use_cache=True,
-                                              **subject.head_kwargs(score, start=p))
-                        logits = logits_of(out)  # positions [max(r_lo, p), ...); earlier ones are the clean run's
+                                              **subject.head_kwargs(score, start=p), **output_kwargs(subject, kind))
+                        logits = logits_of(out, kind)  # positions [max(r_lo, p), ...); earlier ones are the clean run's
                         if _unread(reads, p):  # the metric reads only positions before p: all clean
                             logits = clean_logits.repeat(k, 1, 1)
                         elif p > r_lo:
                             logits = torch.cat([clean_logits[:, :p - r_lo].repeat(k, 1, 1), logits], 1)
                     else:
-                        logits = logits_of(forward(subject, chunk.repeat(k, 1), **head))
+                        logits = logits_of(forward(subject, chunk.repeat(k, 1), **head,
+                                                   **output_kwargs(subject, kind)), kind)
                     logits = finite(logits, "intervened run")
                 work.run += k * (n_layers - layer) * b * (seq - p)
                 for slot, i in enumerate(pack_ids):

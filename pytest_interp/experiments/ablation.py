@@ -16,7 +16,7 @@ from ..engine.interventions import Intervention
 from ..engine.runner import run
 from ..model.checks import as_subject, check_site
 from ..model.subject import Subject
-from .common import as_metric, cached_run, resolve_how, run_parts, stat_args, to_np
+from .common import as_metric, cached_run, combine_runs, resolve_how, run_parts, stat_args, to_np
 
 
 def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: Metric,
@@ -42,8 +42,8 @@ def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: M
 def prepare_ablation(subject: Subject, sites_t: tuple[Site, ...], how: Intervention | None, inputs: Any,
                      metric: Metric) -> tuple[Intervention, torch.Tensor, Any, torch.Tensor]:
     """An ablation's intervention, validated inputs and sites, bound metric, and clean scores."""
-    how = resolve_how(sites_t, how)
     tokens = subject.tokens(inputs)
+    how = resolve_how(sites_t, how).for_inputs(tokens)
     for s in sites_t:
         check_site(subject, s, tokens)
     score = metric.bind(subject, tokens)
@@ -53,9 +53,13 @@ def prepare_ablation(subject: Subject, sites_t: tuple[Site, ...], how: Intervent
 def ablate_prepared(subject: Subject, sites_t: tuple[Site, ...], tokens: torch.Tensor, metric: Metric,
                     score: Any, clean: torch.Tensor, how: Intervention, st: dict[str, Any]) -> Effect:
     """:func:`ablate` after validation and the clean run (shared by sweeps)."""
-    def compute() -> torch.Tensor:
-        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe(), how.pure) for s in sites_t]
+    def one(i: int) -> torch.Tensor:
+        edits = [Edit(s, how.prepare_run(subject, s, tokens, i), how.must_change, how.describe(), how.pure)
+                 for s in sites_t]
         return run(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+
+    def compute() -> torch.Tensor:
+        return combine_runs(how, tokens.shape[0], one)
 
     hit = current_cache().scores(run_parts(subject, tokens, metric, sites_t, how), compute, rows=tokens.shape[0])
     return ablation_effect(subject, sites_t, metric, how, clean, hit, st)

@@ -67,6 +67,20 @@ def resolve_how(sites_t: tuple[Site, ...], how: Any) -> Intervention:
     return moe_how(sites_t, None if how is None else check_how(how)) or Mean()
 
 
+def combine_runs(how: Intervention, n: int, run_one: Callable[[int], Any]) -> Any:
+    """The intervened scores of ``how`` on a batch of ``n``: the weighted sum of ``run_one(i)`` over its runs
+    (:meth:`Intervention.weights`; one run for all but the size-corrected mean ablation). ``run_one`` may return
+    a tensor or a list of tensors (one per site)."""
+    total: Any = None
+    for i, w in enumerate(how.weights(n)):
+        got = run_one(i)
+        if isinstance(got, list):
+            total = [g * w for g in got] if total is None else [t + g * w for t, g in zip(total, got)]
+        else:
+            total = got * w if total is None else total + got * w
+    return total
+
+
 def to_np(t: torch.Tensor) -> np.ndarray:
     """A tensor as a float64 numpy array on the CPU."""
     return t.detach().to("cpu", torch.float64).numpy()

@@ -41,6 +41,7 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
                               fix="screen with pi.metrics.loss() or logprob(answer)")
         sites_t = as_sites(all_heads(subject) if sites is None else list(sites))
         tokens = subject.tokens(inputs)
+        how = how.for_inputs(tokens)
         for s in sites_t:
             check_site(subject, s, tokens)
         source = how.reads(subject, tokens)
@@ -49,7 +50,12 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
         own = source is not None and len(list(chunks(tokens.shape[0]))) == 1 and torch.equal(source, tokens)
         if source is not None and not own:
             capture(subject, source, list(dict.fromkeys(s.unrestricted for s in sites_t)))
-        replace = {} if own else {s: how.prepare(subject, s, tokens) for s in sites_t}
+        weights = how.weights(tokens.shape[0])  # the size-corrected mean combines its runs' replacements
+
+        def prepared() -> dict[Site, list[Any]]:
+            return {s: [how.prepare_run(subject, s, tokens, i) for i in range(len(weights))] for s in sites_t}
+
+        replace = {} if own else prepared()
         score = metric.bind(subject, tokens)
         sign = -1.0 if metric.higher_is_better else 1.0
         est: dict[Site, list[np.ndarray]] = {s: [] for s in sites_t}
@@ -69,13 +75,13 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
             if own:
                 for s in sites_t:
                     remember(subject, tokens, s.unrestricted, acts[s].detach())
-                replace = {s: how.prepare(subject, s, tokens) for s in sites_t}
+                replace = prepared()
             for s in sites_t:
                 a = acts[s]
                 if a.grad is None:
                     raise InterpError(f"no gradient reached {s}", expected="a site upstream of the logits",
                                       seen="grad None", fix="check the adapter for this model")
-                delta = replace[s](a.detach(), rows) - a.detach()
+                delta = sum(w * (fn(a.detach(), rows) - a.detach()) for w, fn in zip(weights, replace[s]))
                 mask = position_mask(s, rows, tokens.shape[0], a.shape[1], a.device)
                 if mask is not None:
                     delta = delta * mask[..., None]

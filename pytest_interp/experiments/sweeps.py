@@ -22,7 +22,7 @@ from ..engine.sweep import Work, run_sites
 from ..model.checks import as_subject, check_site
 from ..model.subject import Subject
 from .ablation import ablation_effect, prepare_ablation
-from .common import as_metric, run_parts, stat_args
+from .common import as_metric, combine_runs, run_parts, stat_args
 from .patching import PreparedPatch, patch_effect
 
 
@@ -191,8 +191,14 @@ def _cached_sites(subject: Subject, tokens: torch.Tensor, metric: Metric, score:
         source = how.reads(subject, tokens)
         if source is not None:  # every site's clean activations in one forward pass, not one pass per site
             capture(subject, source, list(dict.fromkeys(s.unrestricted for s in todo)))
-        edits = [Edit(s, how.prepare(subject, s, tokens), how.must_change, how.describe(), how.pure) for s in todo]
-        computed, work = run_sites(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+        def one(i: int) -> list[torch.Tensor]:
+            edits = [Edit(s, how.prepare_run(subject, s, tokens, i), how.must_change, how.describe(), how.pure)
+                     for s in todo]
+            got, done = run_sites(subject, tokens, edits, score, needs_clean=metric.needs_clean)
+            work.run, work.naive = work.run + done.run, work.naive + done.naive
+            return got
+
+        computed = combine_runs(how, tokens.shape[0], one)
         for s, value in zip(todo, computed):
             scores[s] = value
             key = keys[s]

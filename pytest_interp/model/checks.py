@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..core.batch import lengths as real_lengths
+from ..core.batch import ragged
 from ..core.errors import InterpError
 from ..core.sites import Mask, Site, Slice
 from .subject import Subject
@@ -37,11 +39,21 @@ def check_site(subject: Subject, site: Site, tokens: torch.Tensor) -> None:
                               expected=f"an expert in 0..{(n_exp or 0) - 1}",
                               seen=f"expert index {site.index} on a model with {n_exp} experts per layer",
                               fix="count experts from 0")
-    position_mask(site, torch.arange(tokens.shape[0]), tokens.shape[0], tokens.shape[1], tokens.device)
+    position_mask(site, torch.arange(tokens.shape[0]), tokens.shape[0], tokens.shape[1], tokens.device,
+                  batch_lengths(tokens))
 
 
-def position_mask(site: Site, rows: torch.Tensor, batch: int, seq: int, device: Any) -> torch.Tensor | None:
-    """A bool mask [rows or 1, seq] of the positions ``site`` covers, or None for all positions."""
+def batch_lengths(tokens: torch.Tensor) -> torch.Tensor | None:
+    """Each example's real length when the batch is ragged (right-padded), else None."""
+    return real_lengths(tokens).cpu() if ragged(tokens) else None
+
+
+def position_mask(site: Site, rows: torch.Tensor, batch: int, seq: int, device: Any,
+                  lengths: torch.Tensor | None = None) -> torch.Tensor | None:
+    """A bool mask [rows or 1, seq] of the positions ``site`` covers, or None for all positions.
+
+    With ``lengths`` (a ragged batch: each example's real length), negative positions and slices count from
+    each example's own end, and a position past an example's end is an error."""
     pos = site.positions
     if pos is None:
         return None
@@ -50,26 +62,49 @@ def position_mask(site: Site, rows: torch.Tensor, batch: int, seq: int, device: 
             raise InterpError(f"the position mask of {site} has the wrong shape",
                               expected=f"[batch, seq] = {[batch, seq]}", seen=str(list(pos.shape)),
                               fix="build the mask for the same inputs")
-        m = torch.tensor(pos.rows, dtype=torch.bool, device=device)[rows.to(device)]
+        full = torch.tensor(pos.rows, dtype=torch.bool)
+        if lengths is not None:
+            pad = torch.arange(seq)[None] >= lengths[:, None]
+            if bool((full & pad).any()):
+                ex = int((full & pad).any(1).nonzero()[0])
+                raise InterpError(f"the position mask of {site} selects padding",
+                                  expected="True only at real tokens",
+                                  seen=f"example {ex} ({int(lengths[ex])} tokens) selected past its end",
+                                  fix="build the mask from the real tokens (pi.real(tokens) is the padding mask)")
+        m = full.to(device)[rows.to(device)]
         if not bool(m.any()) and len(rows) == batch:
             raise InterpError(f"the position mask of {site} selects no position", expected="some True entries",
                               seen="an all-False mask", fix="select at least one position")
         return m
-    m = torch.zeros(seq, dtype=torch.bool, device=device)
+    if lengths is None:
+        return _mask_of(site, pos, seq, seq).to(device)[None]
+    sel = lengths.cpu()[rows.cpu()]
+    out = torch.zeros(len(rows), seq, dtype=torch.bool)
+    for n in sel.unique().tolist():
+        out[sel == n, :n] = _mask_of(site, pos, int(n), seq, ragged=True)[:n]
+    return out.to(device)
+
+
+def _mask_of(site: Site, pos: Any, n: int, seq: int, ragged: bool = False) -> torch.Tensor:
+    """The positions ``pos`` of one example of ``n`` real tokens, as a mask of ``seq`` columns."""
+    m = torch.zeros(seq, dtype=torch.bool)
+    where = f"an example of {n} tokens" if ragged else f"inputs of {n} tokens"
     if isinstance(pos, Slice):
-        m[slice(pos.start, pos.stop, pos.step)] = True
+        m[:n][slice(pos.start, pos.stop, pos.step)] = True
         if not bool(m.any()):
-            raise InterpError(f"the positions of {site} select nothing", expected=f"positions within 0..{seq - 1}",
-                              seen=f"slice {pos} of {seq} tokens", fix="fix the slice bounds")
-        return m[None]
+            raise InterpError(f"the positions of {site} select nothing", expected=f"positions within 0..{n - 1}",
+                              seen=f"slice {pos} of {where}", fix="fix the slice bounds")
+        return m
     idx = (pos,) if isinstance(pos, int) else pos
-    bad = [p for p in idx if not -seq <= p < seq]
+    bad = [p for p in idx if not -n <= p < n]
     if bad:
-        raise InterpError(f"position {bad[0]} of {site} is out of range",
-                          expected=f"positions in -{seq}..{seq - 1}", seen=f"inputs of {seq} tokens",
-                          fix="pick positions inside the sequence")
-    m[list(idx)] = True
-    return m[None]
+        raise InterpError(f"position {bad[0]} of {site} is out of range" + (" (past an example's end)" if ragged
+                                                                           else ""),
+                          expected=f"positions in -{n}..{n - 1}", seen=where,
+                          fix="pick positions inside every example (negative positions count from each "
+                              "example's end: pi.last is its last token)")
+    m[[p % n for p in idx]] = True
+    return m
 
 
 def as_subject(subject: Any) -> Subject:

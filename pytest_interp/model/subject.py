@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..core.batch import PAD, pad, real
 from ..core.cache import current
 from ..core.errors import InterpError, InterpWarning
 from ..core.settings import settings
@@ -28,9 +29,13 @@ class Subject:
     Build one with :func:`pytest_interp.load`.
     """
 
+    #: strings are tokenised with the tokenizer's special tokens ([CLS]/[SEP], BOS), as the model saw in training
+    add_special_tokens: bool = True
+
     def __init__(self, model: Any = None, tokenizer: Any = None, *, path: str | None = None,
                  loader: Any = None, config: Any = None, device: str | None = None, dtype_key: str | None = None,
-                 attn_implementation: str = "eager") -> None:
+                 attn_implementation: str = "eager", weights_key: str | None = None,
+                 class_name: str | None = None) -> None:
         self._model = model
         self._loader = loader
         self.tokenizer = tokenizer
@@ -47,6 +52,8 @@ class Subject:
         self._fingerprint_state: tuple[Any, ...] = ()
         self._steady: str | None = None  # the fingerprint while the library itself runs many experiments
         self._file_fingerprint: str | None = None
+        self._weights_key = weights_key  # how a checkpoint loads (class, dtype): with its files, fixes its weights
+        self._class_name = class_name  # the class a checkpoint will load as, when known before loading
         self._identity: dict[str, Any] | None = None
         self.clean_memo: dict[tuple[Any, ...], Any] = {}
         self._keeps_logits: bool | None = None
@@ -61,7 +68,7 @@ class Subject:
         if self._model is None:
             model = self._loader()
             model.eval()
-            if self._device is not None:
+            if self._device is not None and not hasattr(model, "hf_device_map"):  # accelerate placed it
                 model.to(self._device)
             self._model, self.config = model, model.config
             self._adapter = adapter_for(model)
@@ -114,6 +121,18 @@ class Subject:
         return int(self.config.vocab_size)
 
     @property
+    def has_head(self) -> bool:
+        """Whether the model computes logits (an LM or classification head), rather than hidden states only."""
+        base = getattr(self.model, "base_model", self.model)
+        return base is not self.model
+
+    @property
+    def filler_id(self) -> int:
+        """The id fed to the model at padded positions (the config's pad id, else 0); never scored."""
+        pad = getattr(self.config, "pad_token_id", None)
+        return int(pad) if isinstance(pad, int) and 0 <= pad < self.vocab_size else 0
+
+    @property
     def max_positions(self) -> int | None:
         for name in ("max_position_embeddings", "n_positions", "n_ctx"):
             value = getattr(self.config, name, None)
@@ -123,9 +142,18 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
+        """Where inputs go: the device the input embeddings run on (for a model dispatched by accelerate, their
+        execution device: offloaded weights sit on the meta device between uses)."""
         if self._model is None:
             return torch.device(self._device or "cpu")
-        return next(self._model.parameters()).device
+        try:
+            embed = self._model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            embed = None
+        placed = getattr(getattr(embed, "_hf_hook", None), "execution_device", None)
+        if placed is not None:
+            return torch.device(placed)
+        return next((p.device for p in self._model.parameters() if p.device.type != "meta"), torch.device("cpu"))
 
     @property
     def dtype_key(self) -> str:
@@ -140,6 +168,8 @@ class Subject:
     def class_name(self) -> str:
         if self._model is not None:
             return type(self._model).__name__
+        if self._class_name is not None:
+            return self._class_name
         return str((getattr(self.config, "architectures", None) or ["?"])[0])
 
     @property
@@ -154,30 +184,31 @@ class Subject:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 over the config and every weight: identifies the model, not its path.
+        """sha256 over the config and every tensor of the state dict (name, dtype, shape, bytes): identifies the
+        weights, not their path or how they were loaded, so a checkpoint loaded from its directory and the same
+        weights passed as a model object share cache entries and baselines.
 
-        For a checkpoint whose weights are as loaded, it is computed from the files (config.json and the weight
-        files, memoised by their size and modification time in the run cache), so a warm run need not load them.
-        Once a weight tensor is replaced or modified in place (tracked by torch's version counters), it is
-        recomputed from the tensors, so an edited model never matches its old cache entries."""
+        For a checkpoint whose weights are as loaded, the result is memoised in the run cache under the hashes
+        of its files (config.json and the weight files) and how it loads (class, dtype), so a warm run need not
+        load the weights. Once a weight tensor is replaced or modified in place (tracked by torch's version
+        counters), it is recomputed from the tensors, so an edited model never matches its old cache entries."""
         if self._steady is not None:
             return self._steady
-        if self.path is not None and (self._model is None or self._weights_state() == self._loaded_state):
+        if self._weights_key is not None and (self._model is None or self._weights_state() == self._loaded_state):
             if self._file_fingerprint is None:
-                self._file_fingerprint = _files_fingerprint(Path(self.path))
+                key = f"weights|{_files_fingerprint(Path(str(self.path)))}|{self._weights_key}"
+                memo = current().file_hashes()
+                if key not in memo:
+                    memo[key] = _weights_fingerprint(self.model, self._config_json())
+                    current().save_file_hashes(memo)
+                self._file_fingerprint = memo[key]
             return self._file_fingerprint
         cfg = self._config_json()
         state = (cfg, tuple((t.data_ptr(), t._version) for t in self.model.state_dict().values()))
         if state != self._fingerprint_state:
             self._fingerprint, self._fingerprint_state = None, state
         if self._fingerprint is None:
-            h = hashlib.sha256(cfg.encode())
-            for name, tensor in sorted(self.model.state_dict().items()):
-                h.update(name.encode())
-                t = tensor.detach().to("cpu").contiguous()
-                h.update(str(t.dtype).encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = _weights_fingerprint(self.model, cfg)
         return self._fingerprint
 
     @contextmanager
@@ -215,24 +246,34 @@ class Subject:
                 f"vocab {self.vocab_size}, attention {self.attn_implementation}>")
 
     # inputs ------------------------------------------------------------------------------------------
-    def tokens(self, inputs: Any, *, name: str = "inputs") -> torch.Tensor:
-        """Validate ``inputs`` (token ids or strings) and return token ids ``[batch, seq]`` on the model's device."""
+    def tokens(self, inputs: Any, *, name: str = "inputs", add_special_tokens: bool | None = None) -> torch.Tensor:
+        """Validate ``inputs`` and return token ids ``[batch, seq]`` on the model's device.
+
+        ``inputs``: a tensor of token ids, lists of ids (of different lengths: right-padded with
+        :data:`~pytest_interp.core.batch.PAD`), or strings, tokenised as the model's own tokenizer call does
+        (special tokens such as [CLS]/[SEP] or BOS included, unless ``add_special_tokens=False`` here or in
+        :func:`load`)."""
         if hasattr(inputs, "tokens") and not isinstance(inputs, (str, torch.Tensor)):
             inputs = inputs.tokens
         if isinstance(inputs, str):
             inputs = [inputs]
         if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, str) for x in inputs):
-            inputs = self._tokenize(list(inputs), name)
+            special = self.add_special_tokens if add_special_tokens is None else add_special_tokens
+            inputs = self._tokenize(list(inputs), name, special)
         if isinstance(inputs, (list, tuple)):
             if not inputs:
                 raise InterpError(f"{name} is an empty batch", expected="at least one example",
                                   seen="0 examples", fix=f"pass a non-empty batch as {name}")
-            lengths = {len(x) if hasattr(x, "__len__") else -1 for x in inputs}
-            if len(lengths) != 1 or -1 in lengths:
-                raise InterpError(f"{name} has sequences of different lengths",
-                                  expected="equal-length token sequences", seen=f"lengths {sorted(lengths)[:6]}",
-                                  fix="use prompts of equal token length (templates with same-length fillers)")
-            inputs = torch.tensor(inputs)
+            if any(not hasattr(x, "__len__") for x in inputs):
+                raise InterpError(f"{name} is not a batch of token sequences", expected="lists of token ids",
+                                  seen=f"items of type {sorted({type(x).__name__ for x in inputs})}",
+                                  fix="pass [[ids of example 1], [ids of example 2], ...] or strings")
+            rows = [list(x.tolist() if hasattr(x, "tolist") else x) for x in inputs]
+            empty = [i for i, r in enumerate(rows) if not r]
+            if empty:
+                raise InterpError(f"{name} has an empty example", expected="at least one token per example",
+                                  seen=f"example {empty[0]} has no tokens", fix="drop empty examples")
+            inputs = pad(rows)
         if hasattr(inputs, "__array__") and not isinstance(inputs, torch.Tensor):
             inputs = torch.as_tensor(inputs)
         if not isinstance(inputs, torch.Tensor):
@@ -249,23 +290,58 @@ class Subject:
         if inputs.shape[0] == 0 or inputs.shape[1] == 0:
             raise InterpError(f"{name} is an empty batch", expected="at least one example of at least one token",
                               seen=f"shape {tuple(inputs.shape)}", fix=f"pass a non-empty batch as {name}")
-        lo, hi = int(inputs.min()), int(inputs.max())
+        self._check_padding(inputs, name)
+        ids = inputs[real(inputs)]
+        lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.vocab_size:
             raise InterpError(f"{name} has token ids outside the vocabulary",
-                              expected=f"ids in [0, {self.vocab_size - 1}]", seen=f"ids in [{lo}, {hi}]",
-                              fix="check the tokenizer matches the model")
+                              expected=f"ids in [0, {self.vocab_size - 1}] ({PAD} only as right padding)",
+                              seen=f"ids in [{lo}, {hi}]", fix="check the tokenizer matches the model")
         if self.max_positions is not None and inputs.shape[1] > self.max_positions:
             raise InterpError(f"{name} are longer than the model's context",
                               expected=f"at most {self.max_positions} tokens",
                               seen=f"{inputs.shape[1]} tokens", fix="shorten the inputs")
         return inputs.to(device=self.device, dtype=torch.long)
 
-    def _tokenize(self, texts: list[str], name: str) -> list[list[int]]:
+    @staticmethod
+    def _check_padding(inputs: torch.Tensor, name: str) -> None:
+        """Padding (:data:`PAD`) may only close an example (right padding), and no example is all padding."""
+        is_pad = ~real(inputs)
+        if not bool(is_pad.any()):
+            return
+        if bool(is_pad[:, 0].any()):
+            ex = int(is_pad[:, 0].nonzero()[0])
+            raise InterpError(f"{name} has an example that starts with padding" + (
+                              " (it is all padding)" if bool(is_pad[ex].all()) else ""),
+                              expected=f"real tokens first, padding ({PAD}) only at the end of an example",
+                              seen=f"example {ex}", fix="drop empty examples; pad on the right (pass lists of "
+                              "different lengths and they are padded for you)")
+        inner = is_pad[:, :-1] & ~is_pad[:, 1:]
+        if bool(inner.any()):
+            ex = int(inner.any(1).nonzero()[0])
+            raise InterpError(f"{name} has padding inside an example", expected=f"padding ({PAD}) only at the end",
+                              seen=f"example {ex} has real tokens after padding",
+                              fix="pad on the right (pass lists of different lengths and they are padded for you)")
+
+    def _tokenize(self, texts: list[str], name: str, special: bool = True) -> list[list[int]]:
         if self.tokenizer is None:
             raise InterpError(f"{name} are strings but this subject has no tokenizer",
                               expected="a tokenizer, or token ids", seen=f"{len(texts)} strings",
                               fix="pass tokenizer= to pi.load, ship tokenizer.json with the model, or pass ids")
-        return [list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        empty = [i for i, t in enumerate(texts) if not t.strip()]
+        if empty:
+            raise InterpError(f"{name} has an empty string", expected="some text in every example",
+                              seen=f"example {empty[0]}: {texts[empty[0]]!r}", fix="drop empty examples")
+        out = []
+        for t in texts:
+            try:
+                out.append(list(self.tokenizer(t, add_special_tokens=special)["input_ids"]))
+            except Exception as exc:  # noqa: BLE001 - a tokenizer's own errors are re-raised with context
+                raise InterpError(f"the tokenizer cannot encode an example of {name}",
+                                  expected="text the tokenizer's vocabulary covers", seen=f"{t[:60]!r}: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
+                                  fix="use words in the model's vocabulary, or pass token ids") from None
+        return out
 
     def token_ids(self, answers: Any, *, name: str = "answer") -> torch.Tensor:
         """One token id per example, from ids or single-token strings."""
@@ -278,7 +354,17 @@ class Subject:
                                   fix="pass tokenizer= to pi.load or give token ids")
             ids = []
             for a in answers:
-                got = self.tokenizer(a, add_special_tokens=False)["input_ids"]
+                try:
+                    got = self.tokenizer(a, add_special_tokens=False)["input_ids"]
+                except Exception as exc:  # noqa: BLE001 - a tokenizer's own errors are re-raised with context
+                    raise InterpError(f"{name} {a!r} cannot be tokenised", expected="a word in the model's "
+                                      "vocabulary", seen=f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}",
+                                      fix="use a word the tokenizer knows, or pass its token id") from None
+                unk = getattr(self.tokenizer, "unk_token_id", None)
+                if not got or (unk is not None and unk in got):
+                    raise InterpError(f"{name} {a!r} is not in the vocabulary", expected="a known word",
+                                      seen=f"token ids {got} (unknown: {unk})",
+                                      fix="use a word the tokenizer knows, or pass its token id")
                 if len(got) != 1:
                     raise InterpError(f"{name} {a!r} is not a single token", expected="one token per answer",
                                       seen=f"{len(got)} tokens {got}", fix="use a single-token answer")
@@ -337,8 +423,15 @@ class Subject:
 
 
 def load(path_or_model: Any, tokenizer: Any = None, *, attn_implementation: str = "eager",
-         device: str | None = None, dtype: Any = None) -> Subject:
+         device: str | None = None, dtype: Any = None, model_class: Any = None, allow_random_heads: bool = False,
+         device_map: Any = None, offload_folder: str | os.PathLike[str] | None = None) -> Subject:
     """Load a local Hugging Face checkpoint (through ``from_pretrained``), or wrap an in-memory model.
+
+    A checkpoint loads as the class its config names (``architectures``), else as a causal LM, else as a masked
+    LM: the first of these whose every weight is in the checkpoint. A class with weights the checkpoint lacks
+    (a head it was not saved with, which ``from_pretrained`` would initialise at random) is refused with an
+    :class:`InterpError`, for safetensors checkpoints here from the file headers, otherwise when the weights
+    load. The weights themselves are read on first use.
 
     Args:
         path_or_model: a local model directory, or a ``transformers`` model object.
@@ -348,10 +441,23 @@ def load(path_or_model: Any, tokenizer: Any = None, *, attn_implementation: str 
             keeps attention weights readable.
         device: torch device (default: the ``--interp-device`` setting).
         dtype: torch dtype to load weights in (default: as stored).
+        model_class: the ``transformers`` class (or its name, e.g. ``"BertForMaskedLM"``) to load the
+            checkpoint as, to choose its head.
+        allow_random_heads: accept a class whose weights the checkpoint lacks, with those weights untrained
+            (randomly initialised, with an :class:`InterpWarning`); effects through them measure noise.
+        device_map: accelerate's placement of the modules (``{"model.layers.1": "disk", ...}``, ``"auto"``),
+            passed to ``from_pretrained``; inputs go to the device the input embeddings run on.
+        offload_folder: where modules mapped to ``"disk"`` are stored (default: a temporary directory, removed
+            with the model; safetensors weights that need no conversion are read in place and not copied).
     """
     if isinstance(path_or_model, Subject):
         return path_or_model
-    device = device or settings().device
+    if device_map is not None and device is not None:
+        raise InterpError("pi.load got both device= and device_map=", expected="one of them",
+                          seen=f"device={device!r}, device_map={device_map!r}",
+                          fix="drop device=: the device map places every module, and inputs go to the device "
+                              "of the input embeddings")
+    device = device or (None if device_map is not None else settings().device)
     if isinstance(path_or_model, (str, os.PathLike)):
         path = Path(path_or_model)
         if not (path / "config.json").is_file():
@@ -374,14 +480,36 @@ def load(path_or_model: Any, tokenizer: Any = None, *, attn_implementation: str 
                               fix="check the checkpoint directory") from None
         stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         dtype_key = str(dtype if dtype is not None else stored or "as stored").replace("torch.", "")
-        return Subject(None, tokenizer, path=str(path), config=config, device=device, dtype_key=dtype_key,
-                       attn_implementation=attn_implementation,
-                       loader=lambda: _from_pretrained(path, attn_implementation, dtype))
+        classes, missing = _classes(path, config, model_class, allow_random_heads)
+        # the memo of the fingerprint needs weights fixed by the files: never untrained ones, which are random
+        fixed = not missing if missing is not None else not allow_random_heads
+        import transformers
+
+        names = ",".join(c.__name__ for c in classes)
+        recipe = f"{names}|{dtype_key}|transformers {transformers.__version__}"
+        options = {"attn_implementation": attn_implementation, "dtype": dtype, "device_map": device_map,
+                   "offload_folder": offload_folder}
+        subject = Subject(None, tokenizer, path=str(path), config=config, dtype_key=dtype_key,
+                          device=device if device_map is None else _map_device(device_map),
+                          attn_implementation=attn_implementation,
+                          weights_key=recipe if fixed else None,
+                          class_name=names if missing is not None else None,  # probed: one class
+                          loader=lambda: _from_pretrained(path, classes, options, allow_random_heads))
+        if device_map is not None and subject._device is None:
+            subject.model  # noqa: B018 - only the placed model says where its inputs go
+        return subject
     model = path_or_model
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise InterpError("pi.load got neither a path nor a transformers model",
                           expected="a local HF directory or a PreTrainedModel",
                           seen=type(model).__name__, fix="pass a path or a loaded model")
+    given = [k for k, v in (("model_class", model_class), ("device_map", device_map),
+                            ("offload_folder", offload_folder)) if v is not None]
+    if given:
+        raise InterpError(f"pi.load got {', '.join(given)} with a model object",
+                          expected="these options only with a checkpoint directory, which they load",
+                          seen=f"a {type(model).__name__} already loaded",
+                          fix="pass the checkpoint's path instead, or drop the options")
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = _tokenizer(tokenizer)
     model.eval()
@@ -424,31 +552,225 @@ def _file_sha256(f: Path) -> str:
     return memo[key]
 
 
-def _from_pretrained(path: Path, attn_implementation: str, dtype: Any) -> Any:
-    import transformers
-    from transformers import AutoConfig
+def _weights_fingerprint(model: Any, config_json: str) -> str:
+    """sha256 over ``config_json`` and each state-dict tensor's name, dtype, shape and bytes (offloaded tensors
+    are read back one module at a time)."""
+    digests: dict[str, str] = {}
+    offloaded = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.device.type == "meta":
+            offloaded.add(name)
+        else:
+            digests[name] = _tensor_sha256(tensor)
+    if offloaded:
+        from accelerate.utils import has_offloaded_params
+        from accelerate.utils.modeling import align_module_device
 
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    kwargs: dict[str, Any] = {"local_files_only": True, "attn_implementation": attn_implementation}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
+        for prefix, module in model.named_modules():
+            if has_offloaded_params(module):
+                with align_module_device(module, torch.device("cpu")):
+                    for name, tensor in module.state_dict(prefix=f"{prefix}." if prefix else "").items():
+                        if name in offloaded and tensor.device.type != "meta":
+                            digests[name] = _tensor_sha256(tensor)
+        unread = sorted(offloaded - digests.keys())
+        if unread:
+            raise InterpError("cannot read the offloaded weights of this model to fingerprint it",
+                              expected="every weight in memory or held by accelerate's offload hooks",
+                              seen=f"{len(unread)} weights on the meta device: {unread[:4]}",
+                              fix="load it with pi.load(path, device_map=...) so pytest-interp places it")
+    h = hashlib.sha256(b"pytest-interp weights v2\n" + config_json.encode() + b"\n")
+    for name in sorted(digests):
+        h.update(f"{name}\0{digests[name]}\n".encode())
+    return h.hexdigest()
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    t = tensor.detach().to("cpu").contiguous().reshape(-1)
+    h = hashlib.sha256(f"{t.dtype}\0{tuple(tensor.shape)}\0".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _map_device(device_map: Any) -> str | None:
+    """Where inputs go under ``device_map``, when the map alone says: accelerate runs modules mapped to
+    ``"cpu"`` or ``"disk"`` on the map's one accelerator, or on the CPU when it names none. None when only the
+    placed model can tell (``"auto"``, several accelerators)."""
+    values = list(device_map.values()) if isinstance(device_map, dict) else [device_map]
+    try:
+        devices = {str(torch.device(v)) for v in values if v not in ("cpu", "disk")}
+    except (RuntimeError, TypeError):  # "auto", "sequential", ...
+        return None
+    return "cpu" if not devices else devices.pop() if len(devices) == 1 else None
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers without progress bars and load reports (a bar per load clutters every pytest run; what a
+    load report says that matters, this module reports itself)."""
     from transformers.utils import logging as hf_logging
 
-    archs = list(getattr(config, "architectures", None) or [])
-    candidates = [getattr(transformers, a) for a in archs if hasattr(transformers, a)]
-    candidates += [transformers.AutoModelForCausalLM, transformers.AutoModelForMaskedLM]
-    errors = []
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a bar per load would clutter every pytest run
+    bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
-        for cls in candidates:
-            try:
-                return cls.from_pretrained(str(path), **kwargs)
-            except ValueError as exc:
-                errors.append(f"{cls.__name__}: {exc}".splitlines()[0])
+        yield
     finally:
+        hf_logging.set_verbosity(level)
         if bar:
             hf_logging.enable_progress_bar()
-    raise InterpError(f"cannot load the checkpoint at {str(path)!r} as a language model",
-                      expected="a causal or masked LM checkpoint", seen="; ".join(errors)[:300],
-                      fix="load the model yourself and pass it to pi.load(model)")
+
+
+def _candidates(config: Any, model_class: Any) -> list[Any]:
+    """The classes to try: ``model_class``, else the config's architectures, a causal LM and a masked LM."""
+    import transformers
+
+    if model_class is None:
+        archs = list(getattr(config, "architectures", None) or [])
+        return [getattr(transformers, a) for a in archs if hasattr(transformers, a)] + [
+            transformers.AutoModelForCausalLM, transformers.AutoModelForMaskedLM]
+    cls = getattr(transformers, model_class, None) if isinstance(model_class, str) else model_class
+    if not (isinstance(cls, type) and hasattr(cls, "from_pretrained")):
+        raise InterpError(f"model_class={model_class!r} is not a transformers model class",
+                          expected="a class such as transformers.BertForMaskedLM, or its name",
+                          seen=type(model_class).__name__ if cls is None else repr(cls),
+                          fix="pass a model class of transformers or its name, e.g. model_class='LlamaForCausalLM'")
+    return [cls]
+
+
+def _untrained(info: dict[str, Any]) -> tuple[str, ...]:
+    """The weights a load initialised instead of reading (missing from the checkpoint, or of another shape)."""
+    mismatched = {k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys") or ()}
+    return tuple(sorted(set(info.get("missing_keys") or ()) | mismatched))
+
+
+def _meta_state(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's tensors as meta tensors (names, dtypes, shapes from the safetensors headers, no data),
+    or None for a checkpoint in another format or one that cannot be read so."""
+    index = path / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        elif (path / "model.safetensors").is_file():
+            files = [path / "model.safetensors"]
+        else:
+            return None
+        from transformers.modeling_utils import load_state_dict
+
+        state: dict[str, Any] = {}
+        for f in files:
+            state.update(load_state_dict(str(f), map_location="meta"))
+        return state
+    except Exception:  # noqa: BLE001 - an unreadable index or header is for from_pretrained to report
+        return None
+
+
+def _classes(path: Path, config: Any, model_class: Any, allow_random_heads: bool,
+             ) -> tuple[list[Any], tuple[str, ...] | None]:
+    """The classes to load ``path`` as, in order, and the weights the first lacks (None: not known before the
+    weights load). For a safetensors checkpoint each candidate is built on the meta device and given the
+    header's tensors, so ``from_pretrained`` itself reports what it would leave untrained, without reading a
+    weight; the first candidate that lacks none is the one. A class that lacks weights is refused unless
+    ``allow_random_heads``."""
+    candidates = _candidates(config, model_class)
+    state = _meta_state(path)
+    if state is None:
+        return candidates, None
+    import copy
+
+    errors, incomplete = [], []
+    for i, cls in enumerate(candidates):
+        mapping = getattr(cls, "_model_mapping", None)  # an Auto class: its class for this config
+        if mapping is not None and type(config) not in mapping:
+            errors.append(f"{cls.__name__}: no class for {type(config).__name__}")
+            continue
+        concrete = mapping[type(config)] if mapping is not None else cls
+        try:
+            with _quiet():
+                _, info = concrete.from_pretrained(None, config=copy.deepcopy(config), state_dict=dict(state),
+                                                   device_map="meta", output_loading_info=True)
+        except ValueError as exc:
+            errors.append(f"{cls.__name__}: {exc}".splitlines()[0][:160])
+            continue
+        except Exception:  # noqa: BLE001 - the header cannot tell (e.g. a quantised checkpoint): check on loading
+            return candidates[i:], None
+        missing = _untrained(info)
+        if not missing:
+            return [concrete], ()
+        incomplete.append((concrete, missing))
+    if incomplete and allow_random_heads:
+        return [incomplete[0][0]], incomplete[0][1]
+    if incomplete:
+        instead = None
+        if model_class is not None:
+            try:
+                instead = _classes(path, config, None, False)[0][0].__name__
+            except InterpError:
+                pass
+        raise _untrained_error(path, incomplete, instead)
+    raise _unloadable(path, errors)
+
+
+def _untrained_error(path: Path, incomplete: list[tuple[Any, tuple[str, ...]]], instead: str | None,
+                     ) -> InterpError:
+    seen = "; ".join(f"{cls.__name__} lacks {len(m)}: {', '.join(m[:4])}{', ...' if len(m) > 4 else ''}"
+                     for cls, m in incomplete)
+    fix = (f"load it as {instead}, whose weights are all in the checkpoint: pi.load(path) or "
+           f"model_class={instead!r}" if instead else
+           "name the class the checkpoint was saved from (model_class=...), or use a checkpoint that holds the "
+           "trained weights of the head you need")
+    return InterpError(f"the checkpoint at {str(path)!r} lacks weights of the model class, which would be "
+                       "initialised at random (an untrained head measures noise)",
+                       expected="a model class whose every weight is in the checkpoint (untrained weights are "
+                                "accepted only with allow_random_heads=True)",
+                       seen=seen, fix=fix)
+
+
+def _unloadable(path: Path, errors: list[str]) -> InterpError:
+    return InterpError(f"cannot load the checkpoint at {str(path)!r}",
+                       expected="a checkpoint of the class its config names, a causal LM or a masked LM",
+                       seen="; ".join(errors)[:400],
+                       fix="name its class with model_class=..., or load the model yourself and pass it to "
+                           "pi.load(model)")
+
+
+def _from_pretrained(path: Path, classes: list[Any], options: dict[str, Any], allow_random_heads: bool) -> Any:
+    """The first of ``classes`` that loads from ``path`` with every weight read from it (or, with
+    ``allow_random_heads``, with untrained weights and a warning)."""
+    kwargs = {"local_files_only": True, "output_loading_info": True,
+              **{k: v for k, v in options.items() if v is not None}}
+    folder = None
+    if kwargs.get("device_map") is not None and "offload_folder" not in kwargs:
+        import tempfile
+
+        folder = kwargs["offload_folder"] = tempfile.mkdtemp(prefix="pytest-interp-offload-")
+    errors, incomplete = [], []
+    try:
+        with _quiet():
+            for cls in classes:
+                try:
+                    model, info = cls.from_pretrained(str(path), **kwargs)
+                except ValueError as exc:
+                    errors.append(f"{cls.__name__}: {exc}".splitlines()[0])
+                    continue
+                missing = _untrained(info)
+                if missing and not allow_random_heads:
+                    incomplete.append((type(model), missing))
+                    continue
+                if missing:
+                    warnings.warn(f"{path} loaded as {type(model).__name__} with {len(missing)} untrained "
+                                  f"(randomly initialised) weights, as allow_random_heads=True asks: "
+                                  f"{list(missing[:4])}",
+                                  InterpWarning, stacklevel=2)
+                if folder is not None:
+                    import shutil
+                    import weakref
+
+                    weakref.finalize(model, shutil.rmtree, folder, True)
+                    folder = None
+                return model
+    finally:
+        if folder is not None:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+    raise _untrained_error(path, incomplete, None) if incomplete else _unloadable(path, errors)

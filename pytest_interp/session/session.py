@@ -286,5 +286,5 @@ class ClaimsSession:
                    "and run CI with --interp-require-registered"
         if not o.compare and not o.save_baseline:
             return "save these effects with --interp-save-baseline NAME; gate the next model release with " \
-                   "--interp-model NEW --interp-compare NAME --interp-fail-drift rel=20%"
+                   "--interp-model=NEW --interp-compare=NAME --interp-fail-drift=rel=20%"
         return "write a report for your dashboard with --interp-json PATH or --interp-html PATH"

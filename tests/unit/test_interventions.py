@@ -104,6 +104,62 @@ def test_mean_replaces_each_example_with_the_mean_of_the_others(tiny_llama, toke
         pi.Mean().prepare(tiny_llama, site, tokens[:1])
 
 
+def test_size_corrected_mean_extrapolates_from_the_leave_one_out_and_a_random_half(tiny_llama, tokens):
+    from pytest_interp.engine.runner import capture
+
+    site = pi.head(0, 2)
+    acts = capture(tiny_llama, tokens, [site])[site]
+    n = tokens.shape[0]
+    k1, k2 = n - 1, (n - 1) // 2
+    assert pi.Mean().weights(n) == pytest.approx((k1 / (k1 - k2), -k2 / (k1 - k2)))
+    assert pi.Mean().weights(16) == pytest.approx((15 / 8, -7 / 8))
+    for one_run in (pi.Mean(debias=False), pi.Mean(exclude_self=False), pi.Mean(reference=tokens), pi.Zero()):
+        assert one_run.weights(n) == (1.0,)
+    half = pi.Mean(seed=3).prepare_run(tiny_llama, site, tokens, 1)(acts, torch.arange(n))
+    for i in range(n):  # each example's second replacement is the mean of k2 of the others, never itself
+        w = torch.linalg.lstsq(acts.reshape(n, -1).T.double(), half[i].reshape(-1).double()).solution
+        assert w[i].abs() < 1e-4
+        assert sorted(round(float(x) * k2) for x in w if abs(float(x)) > 1e-4) == [1] * k2
+    again = pi.Mean(seed=3).prepare_run(tiny_llama, site, tokens, 1)(acts, torch.arange(n))
+    assert torch.equal(half, again)
+
+    class Half(pi.Intervention):  # the second run alone
+        pure = True
+
+        def prepare(self, subject, s, toks):
+            return pi.Mean().prepare_run(subject, s, toks, 1)
+
+        def describe(self):
+            return "half"
+
+    metric = pi.metrics.loss()
+    e1 = pi.ablate(tiny_llama, site, inputs=tokens, metric=metric, how=pi.Mean(debias=False)).mean
+    e2 = pi.ablate(tiny_llama, site, inputs=tokens, metric=metric, how=Half()).mean
+    corrected = pi.ablate(tiny_llama, site, inputs=tokens, metric=metric)
+    w1, w2 = pi.Mean().weights(n)
+    assert corrected.mean == pytest.approx(w1 * e1 + w2 * e2, abs=1e-6)
+    assert "size-corrected" in corrected.intervention
+    assert pi.sweep(tiny_llama, [site], inputs=tokens, metric=metric)[site].mean == pytest.approx(corrected.mean,
+                                                                                                 abs=1e-6)
+
+
+def test_size_corrected_mean_removes_the_small_n_bias_of_a_strong_head(induction):
+    # head 0.3 of the induction fixture: its leave-one-out effect at n = 8 overstates the large-n effect by
+    # about 0.3 nats (benchmarks/calibration.py); the correction brings the average over batches close to it
+    site = pi.head(0, 3)
+
+    def effect(n, seed, how):
+        data = pi.repeated_tokens(induction, n=n, seed=seed, layout="halves")
+        return pi.ablate(induction, site, inputs=data.tokens, metric=pi.metrics.loss(mask=data.second_half),
+                         how=how).mean
+
+    large = effect(256, 999, pi.Mean())
+    loo = np.mean([effect(8, s, pi.Mean(debias=False)) for s in range(24)])
+    corrected = np.mean([effect(8, s, pi.Mean()) for s in range(24)])
+    assert loo - large > 0.15
+    assert abs(corrected - large) < 0.5 * (loo - large)
+
+
 def test_resample_is_seeded_and_never_uses_the_example_itself(tiny_llama, tokens):
     from pytest_interp.engine.runner import capture
 
