@@ -212,12 +212,6 @@ def test_bad_thresholds(tiny_llama, tokens):
         pi.assert_necessary(tiny_llama, pi.mlp(0), inputs=tokens, metric=LOSS, at_least="big")
 
 
-def _unused_ragged(induction):
-    with pytest.raises(pi.InterpError) as err:
-        pi.ablate(induction, pi.mlp(0), inputs=["<bos> t1 t2 t3", "<bos> t1 t2"], metric=LOSS)
-    check(err, "different lengths")
-
-
 def test_kl_mask_with_an_empty_row(tiny_llama, tokens):
     mask = torch.ones(tokens.shape, dtype=torch.bool)
     mask[3] = False  # example 3 would score 0/0
