@@ -1,5 +1,7 @@
 """Metrics: per-example behaviour scores (``pi.metrics.loss()``, ``logprob``, ``logit_diff``, ``kl``, ``cosine``, ...)."""
 
-from .core.metrics import Metric, accuracy, cosine, kl, logit_diff, logprob, loss
+from .core.metrics import (Metric, accuracy, cosine, kl, label_diff, label_logprob, logit_diff, logprob, loss,
+                           masked_logprob)
 
-__all__ = ["Metric", "accuracy", "cosine", "kl", "logit_diff", "logprob", "loss"]
+__all__ = ["Metric", "accuracy", "cosine", "kl", "label_diff", "label_logprob", "logit_diff", "logprob", "loss",
+           "masked_logprob"]

@@ -169,6 +169,12 @@ def _counted(m: torch.Tensor) -> tuple[int, int]:
 def _window(logits: torch.Tensor, lo: int, hi: int, seq: int) -> torch.Tensor:
     """Positions [lo, hi) of ``logits``: full-length logits (``seq`` positions), or logits the LM head computed
     only there (see ``Subject.head_kwargs``)."""
+    if logits.dim() != 3:
+        raise InterpError("this metric reads per-token logits, but the model gives one score vector per example",
+                          expected="logits [batch, seq, vocab] (a language-model head)",
+                          seen=f"logits of shape {list(logits.shape)} (a classification head)",
+                          fix="score the classification head with pi.metrics.label_logprob(label) or "
+                              "label_diff(label, other)")
     if logits.shape[1] == seq:
         return logits[:, lo:hi]
     if logits.shape[1] != hi - lo:
@@ -189,6 +195,13 @@ class _Loss(Metric):
         return {"kind": self.name, "mask": tensor_digest(mask)}
 
     def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        if not getattr(subject, "causal", True):
+            raise InterpError(f"{self.name} is a next-token metric and this model is not a causal LM",
+                              expected="a left-to-right language model",
+                              seen=f"an encoder ({getattr(subject, 'class_name', '?')}: a masked-LM or embedding "
+                                   "model)",
+                              fix="use metrics.masked_logprob(original) on inputs with masked tokens, "
+                                  "metrics.logprob(answer, position=...) at a [MASK], or metrics.cosine()")
         m = _mask(self.mask, tokens, self.name)
         targets = tokens[:, 1:].clamp_min(0)  # padding is never counted
         t = tokens.shape[1]
@@ -328,6 +341,116 @@ def kl(mask: Any = None) -> Metric:
     return _KL(mask)
 
 
+class _MaskedLM(Metric):
+    def __init__(self, original: Any) -> None:
+        super().__init__(None, higher_is_better=True, name="masked_logprob")
+        self.original = original
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        return {"kind": "masked_logprob", "original": digest_any(self.original)}
+
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        if getattr(subject, "causal", False):
+            raise InterpError("masked_logprob scores a masked-LM: the logits at a masked position predict its "
+                              "own token", expected="an encoder with a masked-LM head", seen="a causal LM",
+                              fix="use metrics.loss() or metrics.logprob(answer) on a causal model")
+        to_tokens = getattr(subject, "tokens", None)
+        orig = to_tokens(self.original, name="original") if to_tokens is not None else \
+            torch.as_tensor(self.original)
+        orig = orig.to(tokens.device)
+        if orig.shape != tokens.shape or not torch.equal(real(orig), real(tokens)):
+            raise InterpError("masked_logprob original has another shape than the inputs",
+                              expected=f"the unmasked inputs, token for token: {list(tokens.shape)}",
+                              seen=str(list(orig.shape)), fix="pass the inputs as they were before masking")
+        scored = (orig != tokens) & real(tokens)
+        empty = ~scored.any(1)
+        if bool(empty.any()):
+            raise InterpError("masked_logprob found no masked token in some example",
+                              expected="at least one position where the inputs differ from the original",
+                              seen=f"example {int(empty.nonzero()[0])}", fix="mask a token in every example")
+        target = orig.clamp_min(0)
+
+        def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+            lp = torch.log_softmax(_window(logits, 0, tokens.shape[1], tokens.shape[1]).float(), -1)
+            per = lp.gather(-1, target[rows][..., None])[..., 0]
+            m = scored[rows].float()
+            return (per * m).sum(1) / m.sum(1)
+
+        return score
+
+
+def masked_logprob(original: Any) -> Metric:
+    """For a masked-LM (``*ForMaskedLM``): the mean log-probability of the original token at each position where
+    the inputs differ from ``original`` (the inputs before their tokens were replaced by [MASK]). Higher is
+    better."""
+    return _MaskedLM(original)
+
+
+class _Label(Metric):
+    def __init__(self, label: Any, other: Any) -> None:
+        super().__init__(None, higher_is_better=True, name="label_logprob" if other is None else "label_diff")
+        self.label, self.other = label, other
+
+    def cache_spec(self) -> dict[str, Any] | None:
+        return {"kind": self.name, "label": digest_any(self.label), "other": digest_any(self.other)}
+
+    def bind(self, subject: TokenIds, tokens: torch.Tensor) -> Callable[..., torch.Tensor]:
+        b = tokens.shape[0]
+        config = getattr(subject, "config", None)
+        n_labels = int(getattr(config, "num_labels", 0) or 0)
+        names = {str(k): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+        ids = {}
+        for what, value in (("label", self.label), ("other", self.other)):
+            if value is None:
+                continue
+            values = [value] if isinstance(value, (int, str)) else list(torch.as_tensor(value).tolist()) \
+                if not isinstance(value, (list, tuple)) else list(value)
+            got = []
+            for v in values:
+                if isinstance(v, str):
+                    if v not in names:
+                        raise InterpError(f"{what} {v!r} is not a label of this model",
+                                          expected=f"one of {sorted(names)[:10]}", seen=repr(v),
+                                          fix="use a name from config.label2id, or the label's index")
+                    v = names[v]
+                if not 0 <= int(v) < max(n_labels, 1):
+                    raise InterpError(f"{what} {v} is out of range", expected=f"a label in 0..{n_labels - 1}",
+                                      seen=str(v), fix="count labels from 0")
+                got.append(int(v))
+            t = torch.tensor(got, device=tokens.device)
+            if t.numel() == 1:
+                t = t.expand(b)
+            if t.numel() != b:
+                raise InterpError(f"{what} has {t.numel()} labels for {b} examples", expected="one per example "
+                                  "(or one for all)", seen=str(t.numel()), fix=f"pass {what} with the batch's length")
+            ids[what] = t
+
+        def score(logits: torch.Tensor, rows: torch.Tensor, clean_logits: torch.Tensor | None = None) -> torch.Tensor:
+            if logits.dim() != 2:
+                raise InterpError(f"{self.name} reads a classification head", expected="logits [batch, labels]",
+                                  seen=f"logits of shape {list(logits.shape)}",
+                                  fix="load a *ForSequenceClassification model, or use logprob/loss on an LM")
+            lg = logits.float()
+            a = ids["label"][rows]
+            if "other" in ids:
+                return lg.gather(-1, a[:, None])[:, 0] - lg.gather(-1, ids["other"][rows][:, None])[:, 0]
+            return torch.log_softmax(lg, -1).gather(-1, a[:, None])[:, 0]
+
+        score.pooled = True  # type: ignore[attr-defined]  # one output per example: no per-position shortcuts
+        return score
+
+
+def label_logprob(label: Any) -> Metric:
+    """For a classification head (``*ForSequenceClassification``): the log-probability of ``label`` (an index or a
+    name from ``config.label2id``; one for all examples or one per example). Higher is better."""
+    return _Label(label, None)
+
+
+def label_diff(label: Any, other: Any) -> Metric:
+    """For a classification head: the logit of ``label`` minus the logit of ``other``."""
+    return _Label(label, other)
+
+
 POOLS = ("mean", "first", "last")
 
 
@@ -395,4 +518,5 @@ def cosine(reference: Any = None, *, pool: str = "mean") -> Metric:
     return _Cosine(reference, pool)
 
 
-__all__ = ["Metric", "accuracy", "cosine", "kl", "logit_diff", "logprob", "loss", "pool"]
+__all__ = ["Metric", "accuracy", "cosine", "kl", "label_diff", "label_logprob", "logit_diff", "logprob", "loss",
+           "masked_logprob", "pool"]

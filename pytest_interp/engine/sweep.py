@@ -190,7 +190,8 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
     batch, seq = tokens.shape
     work = Work(naive=len(edits) * n_layers * batch * seq)
     parts: list[list[torch.Tensor]] = [[] for _ in edits]
-    causal = bool(subject.adapter.causal) and reuse_prefix
+    # prefix reuse splices clean logits before a site's position: not for one output per example (classifiers)
+    causal = bool(subject.adapter.causal) and reuse_prefix and not getattr(score, "pooled", False)
     bind_lengths(edits, tokens)
     starts = [(start_layer(e, n_layers) if reuse_prefix else 0, start_position(e, seq) if causal else 0)
               for e in edits]

@@ -121,6 +121,11 @@ class Subject:
         return int(self.config.vocab_size)
 
     @property
+    def causal(self) -> bool:
+        """Whether the model reads left to right (a causal LM) rather than both ways (an encoder)."""
+        return bool(self.adapter_spec.causal)
+
+    @property
     def has_head(self) -> bool:
         """Whether the model computes logits (an LM or classification head), rather than hidden states only."""
         base = getattr(self.model, "base_model", self.model)
