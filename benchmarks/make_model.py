@@ -73,10 +73,35 @@ def build_model(out_dir: str | Path = DEFAULT_DIR) -> Path:
     return out
 
 
-def make_inputs(n: int = 8, seq: int = 16, seed: int = 0) -> torch.Tensor:
-    """Token ids, LongTensor [n, seq], uniform in [0, 50257), from a seeded generator."""
+LLAMA_DIR = "/tmp/pi-bench/llama-gqa-32k-random"
+LLAMA_KWARGS = dict(num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2, hidden_size=512,
+                    intermediate_size=1376, vocab_size=32000, max_position_embeddings=512)
+
+
+def build_llama(out_dir: str | Path = LLAMA_DIR) -> Path:
+    """Write a Llama-family model with grouped-query attention (8 layers, 8 query / 2 key-value heads, d 512,
+    vocabulary 32k) with seeded random weights to ``out_dir``; skip if it is already there."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = Path(out_dir)
+    cfg_file = out / "config.json"
+    if cfg_file.is_file() and any(out.glob("*.safetensors")):
+        saved = json.loads(cfg_file.read_text())
+        if all(saved.get(k) == v for k, v in LLAMA_KWARGS.items()):
+            return out
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**LLAMA_KWARGS, bos_token_id=1, eos_token_id=2)
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    return out
+
+
+def make_inputs(n: int = 8, seq: int = 16, seed: int = 0, vocab: int = VOCAB_SIZE) -> torch.Tensor:
+    """Token ids, LongTensor [n, seq], uniform in [0, vocab), from a seeded generator."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB_SIZE, (n, seq), generator=gen, dtype=torch.long)
+    return torch.randint(0, vocab, (n, seq), generator=gen, dtype=torch.long)
 
 
 def make_corrupt(tokens: torch.Tensor, pos: int = 3) -> torch.Tensor:

@@ -2,8 +2,9 @@
 tests, family-wise (Holm) and false-discovery (Benjamini-Hochberg) control, and the Effect record.
 
 Rules: a mean's interval is Student's t interval over the per-example values (measured on the induction fixture,
-benchmarks/calibration.py: worst one-sided miss over eight heads 5.6% / 3.9% / 3.0% at n = 8 / 16 / 128 against
-the percentile bootstrap's 7.0% / 5.4% / 3.5%, nominal 2.5%; see the README's Statistics section). A ratio of means (patching, tracing) keeps its seeded bootstrap of the resampled ratio. A value or a
+benchmarks/calibration.py: worst one-sided miss over eight heads 5.8% / 4.5% / 3.6% / 2.7% at n = 8 / 16 / 32 /
+128 against the percentile bootstrap's 6.2% / 5.2% / 3.6% / 3.5%, nominal 2.5%; the largest misses are the upper
+end for a head with skewed per-example values; see the README's Statistics section). A ratio of means (patching, tracing) keeps its seeded bootstrap of the resampled ratio. A value or a
 replicate that is not finite is an InterpError naming the examples, never a dropped number. Claims refuse to decide
 on fewer than :data:`MIN_N` examples.
 """

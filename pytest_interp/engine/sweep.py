@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -176,6 +177,77 @@ def _replay(subject: Subject, outputs: list[Any], below: int, k: int, p: int = 0
                 block.forward = original
 
 
+_SPLITS: weakref.WeakKeyDictionary[Any, tuple[Any, Any] | None] = weakref.WeakKeyDictionary()
+
+
+def _head_split(subject: Subject) -> tuple[Any, Any] | None:
+    """``(base model, output head)`` when the model's logits are exactly its head applied to its base model's
+    output (checked once per model on a short input; models that scale or cap their logits afterwards fail the
+    check), else None."""
+    model = subject.model
+    if model in _SPLITS:
+        return _SPLITS[model]
+    found: tuple[Any, Any] | None = None
+    base, head = getattr(model, "base_model", None), model.get_output_embeddings()
+    if subject.head_kwargs(_Reads()) and base is not None and base is not model and head is not None:
+        seen: list[torch.Tensor] = []
+        handle = base.register_forward_hook(lambda m, a, o: seen.append(_hidden(o)))
+        x = torch.arange(min(4, subject.vocab_size), device=subject.device)[None]
+        with hooks([handle]):
+            full = logits_of(forward(subject, x))
+        with torch.no_grad():
+            mine = head(seen[0]) if seen else None
+        if mine is not None and mine.shape == full.shape and torch.allclose(mine.float(), full.float(), rtol=1e-4,
+                                                                          atol=1e-4):
+            found = (base, head)
+    _SPLITS[model] = found
+    return found
+
+
+class _Reads:
+    """A stand-in metric reading one position, to ask whether the model can skip its head elsewhere."""
+
+    reads, seq = (0, 1), 1
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+
+class _LateHead:
+    """A packed pass's logits, one slot (b rows) at a time: the model runs its head on one position only, and
+    the head is applied here to each slot's final hidden states, so full-vocabulary logits are never held for
+    more rows than one chunk. Falls back to the model's own logits when the split is not exact."""
+
+    def __init__(self, subject: Subject, kind: str) -> None:
+        self.split = _head_split(subject) if kind == "logits" and subject.causal else None
+        self.hidden: torch.Tensor | None = None
+
+    @contextmanager
+    def capture(self) -> Iterator[None]:
+        if self.split is None:
+            yield
+            return
+        handle = self.split[0].register_forward_hook(lambda m, a, o: setattr(self, "hidden", _hidden(o)))
+        with hooks([handle]):
+            yield
+
+    def kwargs(self, head: dict[str, Any]) -> dict[str, Any]:
+        return {"logits_to_keep": 1} if self.split is not None else head
+
+    def logits(self, out: Any, kind: str, head: dict[str, Any], lo: int, hi: int) -> torch.Tensor:
+        if self.split is None or self.hidden is None:
+            return logits_of(out, kind)[lo:hi]
+        h = self.hidden[lo:hi]
+        keep = head.get("logits_to_keep")
+        if isinstance(keep, int) and keep > 0:
+            h = h[:, -keep:]
+        elif isinstance(keep, torch.Tensor):
+            h = h[:, keep]
+        with torch.no_grad():
+            return self.split[1](h)
+
+
 def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *, needs_clean: bool,
               pack: int | None = None, reuse_prefix: bool = True) -> tuple[list[torch.Tensor], Work]:
     """Scores of each single-site edit in ``edits`` (one list entry per edit), and the work done.
@@ -201,6 +273,7 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
     reads = getattr(score, "reads", None)
     r_lo = reads[0] if head and reads is not None else 0  # the clean logits cover positions [r_lo, ...)
     progress = Progress(len(edits) * len(range(0, batch, settings().batch_size)), "pytest-interp sweep")
+    late = _LateHead(subject, kind)
     for rows in chunks(batch):
         chunk = tokens[rows.to(tokens.device)]
         b = chunk.shape[0]
@@ -248,25 +321,26 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
                     for h in handles:
                         h.remove()
                     raise
-                with hooks(handles), _replay(subject, outputs, layer, k, p):
+                hk = subject.head_kwargs(score, start=p) if p else head
+                with hooks(handles), _replay(subject, outputs, layer, k, p), late.capture():
                     if p:
                         positions = torch.arange(p, seq, device=chunk.device)[None].expand(k * b, -1)
                         out = forward(subject, chunk[:, p:].repeat(k, 1), past_key_values=_prefix_cache(cache, p, k),
-                                              position_ids=positions, use_cache=True,
-                                              **subject.head_kwargs(score, start=p), **output_kwargs(subject, kind))
-                        logits = logits_of(out, kind)  # positions [max(r_lo, p), ...); earlier ones are the clean run's
-                        if _unread(reads, p):  # the metric reads only positions before p: all clean
-                            logits = clean_logits.repeat(k, 1, 1)
-                        elif p > r_lo:
-                            logits = torch.cat([clean_logits[:, :p - r_lo].repeat(k, 1, 1), logits], 1)
+                                      position_ids=positions, use_cache=True, **late.kwargs(hk),
+                                      **output_kwargs(subject, kind))
                     else:
-                        logits = logits_of(forward(subject, chunk.repeat(k, 1), **head,
-                                                   **output_kwargs(subject, kind)), kind)
-                    logits = finite(logits, "intervened run")
+                        out = forward(subject, chunk.repeat(k, 1), **late.kwargs(hk), **output_kwargs(subject, kind))
                 work.run += k * (n_layers - layer) * b * (seq - p)
                 for slot, i in enumerate(pack_ids):
-                    part = logits[slot * b:(slot + 1) * b]
+                    if p and _unread(reads, p):  # the metric reads only positions before p: all clean
+                        part = clean_logits
+                    else:  # positions [max(r_lo, p), ...); with p > r_lo, the earlier ones are the clean run's
+                        part = late.logits(out, kind, hk, slot * b, (slot + 1) * b)
+                        if p > r_lo:
+                            part = torch.cat([clean_logits[:, :p - r_lo], part], 1)
+                    part = finite(part, "intervened run")
                     parts[i].append(score(part, dev_rows, clean_logits if needs_clean else None).detach())
+                del out
                 progress.step(k)
     progress.close()
     check_edits(edits)

@@ -168,9 +168,12 @@ def test_paraphrase_similarity_against_reference_embeddings(minilm):
 
 def test_a_model_without_logits_points_to_hidden_state_metrics(minilm):
     with pytest.raises(pi.InterpError) as err:
-        pi.ablate(minilm, pi.head(0, 0), inputs=SENTENCES, metric=pi.metrics.loss())
+        pi.ablate(minilm, pi.head(0, 0), inputs=SENTENCES, metric=pi.metrics.logprob(1012, position=1))
     check(err, "no logits", "pi.metrics.cosine")
     assert "ForMaskedLM" not in str(err.value)  # never advise a load that gives random head weights
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(minilm, pi.head(0, 0), inputs=SENTENCES, metric=pi.metrics.loss())
+    check(err, "not a causal LM", "cosine")
 
 
 def test_padding_errors(induction):
