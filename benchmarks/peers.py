@@ -407,3 +407,90 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------- Llama (GQA, 32k): one forward per site
+
+def _load_llama(model_dir: str | Path):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager", dtype=torch.float32).eval()
+
+
+def hf_llama_heads(model_dir: str | Path, tokens: torch.Tensor, score: Callable = metric) -> tuple[Effects, float]:
+    """Every head mean-ablated (the batch mean, the example included) at the input of ``o_proj``: one forward
+    pass per head, plain hooks."""
+    _threads()
+    model = _load_llama(model_dir)
+    layers = model.model.layers
+    n_heads, d_head = model.config.num_attention_heads, model.config.head_dim
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        means: dict[int, torch.Tensor] = {}
+        handles = [layers[l].self_attn.o_proj.register_forward_pre_hook(
+            lambda m, a, l=l: means.__setitem__(l, a[0].mean(0, keepdim=True))) for l in range(len(layers))]
+        try:
+            clean = score(model(input_ids=tokens, use_cache=False).logits, tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        ablated = {}
+        for l in range(len(layers)):
+            for h in range(n_heads):
+                sl = slice(h * d_head, (h + 1) * d_head)
+
+                def ablate(mod, args, sl=sl, mean=means[l]):
+                    z = args[0].clone()
+                    z[:, :, sl] = mean[:, :, sl]
+                    return (z,) + tuple(args[1:])
+
+                handle = layers[l].self_attn.o_proj.register_forward_pre_hook(ablate)
+                try:
+                    ablated[(l, h)] = score(model(input_ids=tokens, use_cache=False).logits, tokens)
+                finally:
+                    handle.remove()
+        seconds = time.perf_counter() - t0
+    return _b1_effects(clean, ablated), seconds
+
+
+def hf_llama_resid(model_dir: str | Path, clean: torch.Tensor, corrupt: torch.Tensor,
+                   score: Callable = metric) -> tuple[Effects, float]:
+    """The residual stream entering each layer patched from the clean run into the corrupt run at one position:
+    one forward pass per (layer, position), plain hooks."""
+    _threads()
+    model = _load_llama(model_dir)
+    layers = model.model.layers
+    seq = clean.shape[1]
+
+    def first(args, kwargs):
+        return args[0] if args else kwargs["hidden_states"]
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        resid: dict[int, torch.Tensor] = {}
+        handles = [layers[l].register_forward_pre_hook(
+            lambda m, a, k, l=l: resid.__setitem__(l, first(a, k).clone()), with_kwargs=True)
+            for l in range(len(layers))]
+        try:
+            clean_scores = score(model(input_ids=clean, use_cache=False).logits, clean)
+        finally:
+            for h in handles:
+                h.remove()
+        corrupt_scores = score(model(input_ids=corrupt, use_cache=False).logits, corrupt)
+        patched = {}
+        for l in range(len(layers)):
+            for p in range(seq):
+                def patch(mod, args, kwargs, p=p, src=resid[l]):
+                    x = first(args, kwargs).clone()
+                    x[:, p] = src[:, p]
+                    if args:
+                        return (x,) + tuple(args[1:]), kwargs
+                    return args, {**kwargs, "hidden_states": x}
+
+                handle = layers[l].register_forward_pre_hook(patch, with_kwargs=True)
+                try:
+                    patched[(l, p)] = score(model(input_ids=corrupt, use_cache=False).logits, corrupt)
+                finally:
+                    handle.remove()
+        seconds = time.perf_counter() - t0
+    return _b2_effects(clean_scores, corrupt_scores, patched), seconds

@@ -1,7 +1,7 @@
 """Side-by-side benchmarks of pytest-interp against TransformerLens and nnsight (and plain HF hooks).
 
     python benchmarks/run.py            # everything available; peers need the [bench] extra
-    python benchmarks/run.py B1 B3      # a subset (B1-B6, M for memory)
+    python benchmarks/run.py B1 B3      # a subset (B1-B6, L for the Llama GQA 32k rows, M for memory)
 
 Prints one table with times, ratios, the machine, and the max abs difference of each peer's per-site effects
 from pytest-interp's. Model: GPT-2 small architecture (12 layers x 12 heads, d=768, vocabulary 50257) with
@@ -141,29 +141,87 @@ def b5(subject: pi.Subject) -> list[tuple[str, str]]:
 
 
 MEMORY = """
-import resource, sys, torch
+import sys, torch
 import pytest_interp as pi
 sys.path.insert(0, {here!r})
 import make_model
 torch.set_num_threads(2)
 subject = pi.load({model!r})
-tokens = make_model.make_inputs()
-subject.model  # load the weights
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tokens = make_model.make_inputs(**{inputs})
+from pytest_interp.engine.runner import logits
+logits(subject, tokens, what="clean run")  # the loaded model, its weights read by one forward pass
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
+base = status("VmRSS")
 pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(base, peak)
+print(base, status("VmHWM"))
 """
 
 
 def memory(model_dir: Path) -> list[tuple[str, str]]:
-    """Peak resident memory of the B1 sweep in a fresh process, against the size of the weights."""
-    out = subprocess.run([sys.executable, "-c", MEMORY.format(here=str(HERE), model=str(model_dir))],
-                         capture_output=True, text=True, check=True)
-    base, peak = (int(x) / 2**20 for x in out.stdout.split())  # ru_maxrss is in KiB on Linux
-    weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors")) / 2**30
-    return [("M peak memory of the B1 sweep (fresh process)", f"{peak:.2f} GiB peak ({base:.2f} GiB after loading "
-             f"the weights); weights {weights:.2f} GiB: {peak / weights:.1f}x the model's size")]
+    """Peak resident memory of a default all-heads sweep in a fresh process: what the sweep adds above the loaded
+    model (after one forward pass), against the size of the weights; with glibc's default allocator settings and
+    with its mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072: large buffers go back to the system when freed
+    instead of staying in a fragmented heap)."""
+    rows = []
+    for tag, directory, inputs in (("B1", model_dir, "{}"), ("L1", make_model.build_llama(),
+                                                                "{'n': 8, 'seq': 32, 'vocab': 32000}")):
+        weights = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors")) / 2**30
+        for env_label, extra in (("default malloc", {}), ("MALLOC_MMAP_THRESHOLD_=131072", {
+                "MALLOC_MMAP_THRESHOLD_": "131072"})):
+            code = MEMORY.format(here=str(HERE), model=str(directory), inputs=inputs)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 env={**os.environ, **extra})
+            base, peak = (int(x) / 2**20 for x in out.stdout.split())  # KiB
+            rows.append((f"M {tag} sweep memory ({env_label})", f"+{peak - base:.2f} GiB above the loaded model "
+                         f"({base:.2f} GiB; peak {peak:.2f} GiB); weights {weights:.2f} GiB: the sweep adds "
+                         f"{(peak - base) / weights:.2f}x the weights"))
+    return rows
+
+
+def llama_rows() -> list[tuple[str, str]]:
+    """L1/L2 on a Llama-family model with grouped-query attention and a 32k vocabulary: built-in metrics against
+    equivalent custom ones, and against one plain forward pass per site."""
+    model_dir = make_model.build_llama()
+    subject = pi.load(model_dir)
+    tokens = make_model.make_inputs(n=8, seq=32, vocab=32000)
+    rows = []
+    custom_loss = pi.metrics.Metric(lambda logits, toks: -peers.metric(logits, toks), higher_is_better=False,
+                                    name="custom loss")
+    pi.sweep(subject, [pi.head(0, 0)], inputs=tokens, metric=pi.metrics.loss())  # warm-up
+    naive, t_naive = peers.hf_llama_heads(model_dir, tokens)
+    for label, metric in (("built-in loss", pi.metrics.loss()), ("custom loss Metric(fn)", custom_loss)):
+        t = time.perf_counter()
+        sweep = pi.sweep(subject, inputs=tokens, metric=metric, how=pi.Mean(exclude_self=False))
+        secs = time.perf_counter() - t
+        ours = {(s.layer, s.index): e.mean for s, e in sweep.items()}
+        rows.append((f"L1 all-heads mean-ablation sweep, {label}", f"{secs:.2f} s; {t_naive / secs:.2f}x faster than "
+                     f"one forward per head ({t_naive:.2f} s); max |diff| {peers.max_abs_diff(ours, naive):.1e}"))
+    clean = make_model.make_inputs(n=8, seq=32, seed=1, vocab=32000)
+    corrupt = clean.clone()
+    corrupt[:, 3] = (corrupt[:, 3] + 1) % 32000
+    with torch.no_grad():
+        target = subject.model(input_ids=clean, use_cache=False).logits[:, -1].argmax(-1)
+
+    def last(logits: torch.Tensor, toks: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits[:, -1].float(), -1).gather(-1, target[:, None])[:, 0]
+
+    def last_rows(logits: torch.Tensor, toks: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits[:, -1].float(), -1).gather(-1, target[rows][:, None])[:, 0]
+
+    naive, t_naive = peers.hf_llama_resid(model_dir, clean, corrupt, last)
+    for label, metric in (("built-in logprob", pi.metrics.logprob(target)),
+                          ("custom Metric(fn, reads=pi.last)", pi.metrics.Metric(last_rows, reads=pi.last)),
+                          ("custom Metric(fn), positions not declared", pi.metrics.Metric(last_rows))):
+        t = time.perf_counter()
+        sweep = pi.patch_sweep(subject, clean=clean, corrupt=corrupt, metric=metric)
+        secs = time.perf_counter() - t
+        ours = {(s.layer, s.positions): e.mean for s, e in sweep.items()}
+        rows.append((f"L2 last-position resid patching 8 x 32, {label}", f"{secs:.2f} s; {t_naive / secs:.2f}x "
+                     f"faster than one forward per site ({t_naive:.2f} s); max |diff| "
+                     f"{peers.max_abs_diff(ours, naive):.1e}"))
+    return rows
 
 
 def b6() -> list[tuple[str, str]]:
@@ -189,7 +247,7 @@ class _Rows(list):
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "M"}
+    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "L", "M"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
@@ -255,6 +313,8 @@ def main(argv: list[str]) -> int:
         rows += b3(model_dir)
     if "B5" in wanted:
         rows += b5(subject)
+    if "L" in wanted:
+        rows += llama_rows()
     if "M" in wanted:
         rows += memory(model_dir)
     if "B6" in wanted:

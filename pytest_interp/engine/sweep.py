@@ -222,6 +222,9 @@ class _LateHead:
     def __init__(self, subject: Subject, kind: str) -> None:
         self.split = _head_split(subject) if kind == "logits" and subject.causal else None
         self.hidden: torch.Tensor | None = None
+        self.group: tuple[int, int, Any, torch.Tensor] | None = None
+        weights = sum(p.numel() * p.element_size() for p in subject.model.parameters()) if self.split else 0
+        self.budget = max(LOGITS_BUDGET, weights // 8)
 
     @contextmanager
     def capture(self) -> Iterator[None]:
@@ -236,16 +239,29 @@ class _LateHead:
         return {"logits_to_keep": 1} if self.split is not None else head
 
     def logits(self, out: Any, kind: str, head: dict[str, Any], lo: int, hi: int) -> torch.Tensor:
+        """Rows ``[lo, hi)`` (one slot) of the pass's logits. The head runs on as many slots at once as fit in
+        :data:`LOGITS_BUDGET` or an eighth of the weights' size, whichever is larger (one big product is faster
+        than several small ones), and at least one."""
         if self.split is None or self.hidden is None:
             return logits_of(out, kind)[lo:hi]
-        h = self.hidden[lo:hi]
-        keep = head.get("logits_to_keep")
-        if isinstance(keep, int) and keep > 0:
-            h = h[:, -keep:]
-        elif isinstance(keep, torch.Tensor):
-            h = h[:, keep]
-        with torch.no_grad():
-            return self.split[1](h)
+        if self.group is None or not self.group[0] <= lo < hi <= self.group[1] or self.group[2] is not out:
+            h = self.hidden
+            keep = head.get("logits_to_keep")
+            if isinstance(keep, int) and keep > 0:
+                h = h[:, -keep:]
+            elif isinstance(keep, torch.Tensor):
+                h = h[:, keep]
+            per_row = h.shape[1] * self.split[1].weight.shape[0] * 4
+            rows = max(hi - lo, (self.budget // max(per_row, 1)) // (hi - lo) * (hi - lo))
+            end = min(lo + rows, h.shape[0])
+            with torch.no_grad():
+                self.group = (lo, end, out, self.split[1](h[lo:end]))
+        start, _, _, logits = self.group
+        return logits[lo - start:hi - start]
+
+
+#: the least bytes of full-vocabulary logits a sweep computes at once (see ``_LateHead.logits``)
+LOGITS_BUDGET = 64 * 2**20
 
 
 def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *, needs_clean: bool,

@@ -187,3 +187,29 @@ def test_attribution_screen_reads_its_means_without_a_pass_per_site(fits, tokens
     assert len(calls) == (1 if fits else 2 + 2)  # own pass; or capture, then screen (2 chunks)
     exact = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
     assert pi.rank_agreement(est, exact) > 0.9
+
+
+def test_the_output_head_runs_per_slot_only_when_that_gives_the_models_own_logits(tokens):
+    import transformers as tf
+
+    from pytest_interp.engine.sweep import _head_split
+    from tests.helpers import tiny_model
+
+    plain = pi.load(tiny_model("llama"))
+    assert _head_split(plain) is not None
+
+    class Scaled(tf.LlamaForCausalLM):  # logits scaled after the head, as some architectures do
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2.0
+            return out
+
+    scaled_model = Scaled(plain.model.config).eval()
+    scaled_model.load_state_dict(plain.model.state_dict())
+    scaled = pi.load(scaled_model)
+    assert _head_split(scaled) is None  # the check fails: the sweep uses the model's own logits
+    metric = pi.metrics.loss()
+    for subject in (plain, scaled):
+        sw = pi.sweep(subject, [pi.head(1, 0), pi.mlp(0).at(5)], inputs=tokens, metric=metric)
+        for s in sw:
+            assert sw[s].mean == pytest.approx(pi.ablate(subject, s, inputs=tokens, metric=metric).mean, abs=1e-5)
