@@ -307,6 +307,11 @@ class Resample(Intervention):
 
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
         src = tokens if self.source is None else subject.tokens(self.source, name="Resample source")
+        if ragged(src) or ragged(tokens):
+            raise InterpError("Resample on examples of different lengths is not supported",
+                              expected="equal-length inputs and source (a drawn example's padding would replace "
+                                       "real tokens)", seen="a ragged batch",
+                              fix="use pi.Mean() (it leaves padding out), or group the inputs by length")
         if src.shape[1] != tokens.shape[1]:
             raise InterpError("Resample source has another length than the inputs",
                               expected=f"{tokens.shape[1]} tokens per source example", seen=f"{src.shape[1]} tokens",
@@ -347,7 +352,7 @@ class Noise(Intervention):
             raise InterpError("Noise scale must be positive", expected="scale > 0", seen=str(self.scale),
                               fix="e.g. pi.Noise(scale=3.0)")
         acts = capture(subject, tokens, [site.unrestricted])[site.unrestricted]
-        std = float(acts.float().std())
+        std = float(acts[real(tokens).to(acts.device)].float().std())  # over real tokens only
         g = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(acts.shape, generator=g).to(acts.device) * (self.scale * std)
         return lambda act, rows: act + noise[rows].to(act.dtype)
@@ -371,6 +376,11 @@ class Patch(Intervention):
 
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
         src = subject.tokens(self.source, name="patch source")
+        if src.shape == tokens.shape and not torch.equal(real(src), real(tokens)):
+            raise InterpError("patch source and target are padded differently",
+                              expected="examples of the same length in both, token for token",
+                              seen="a different number of real tokens in some example",
+                              fix="clean and corrupt prompts must have the same token length per example")
         if src.shape != tokens.shape:
             raise InterpError("patch source and target have different shapes",
                               expected=f"{tuple(tokens.shape)}", seen=f"{tuple(src.shape)}",

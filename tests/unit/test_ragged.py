@@ -224,3 +224,17 @@ def test_text_errors(minilm, induction):
     with pytest.raises(pi.InterpError) as err:  # a word-piece tokenizer maps it to [UNK]
         minilm.token_ids(["\u2603"])
     check(err, "not in the vocabulary")
+
+
+def test_interventions_that_would_read_padding_refuse(induction):
+    rows = _ragged(64, [9, 5, 8, 6])
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(induction, pi.mlp(0), inputs=rows, metric=pi.metrics.loss(), how=pi.Resample())
+    check(err, "different lengths", "pi.Mean()")
+    shorter = [r[:-1] for r in rows]
+    with pytest.raises(pi.InterpError) as err:
+        pi.patch(induction, pi.resid(1).at(1), clean=[r + [1] for r in shorter[:2]] + shorter[2:], corrupt=rows,
+                 metric=pi.metrics.loss())
+    check(err, "padded differently")
+    noisy = pi.ablate(induction, pi.mlp(0), inputs=rows, metric=pi.metrics.loss(), how=pi.Noise(seed=1))
+    assert noisy.n == 4
