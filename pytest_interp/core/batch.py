@@ -37,3 +37,14 @@ def pad(rows: list[list[int]]) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, :len(r)] = torch.as_tensor(r, dtype=torch.long)
     return out
+
+
+def require_equal_lengths(tokens: torch.Tensor, what: str) -> None:
+    """An InterpError for a ragged batch given to a method that reads fixed positions of every example."""
+    if ragged(tokens):
+        from .errors import InterpError
+
+        n = lengths(tokens)
+        raise InterpError(f"{what} needs examples of one length", expected="equal-length inputs (it reads the same "
+                          "positions of every example)", seen=f"lengths from {int(n.min())} to {int(n.max())}",
+                          fix="group the inputs by token length, or use templates of one length")

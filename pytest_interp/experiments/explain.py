@@ -12,6 +12,7 @@ import torch
 import warnings
 
 from ..core.cache import current, tensor_digest
+from ..core.batch import require_equal_lengths
 from ..core.errors import InterpError, InterpWarning
 from ..core.settings import settings
 from ..engine.runner import attentions, chunks, embed, gradient, logits
@@ -44,6 +45,7 @@ def _prepare(subject: Subject, inputs: Any, answer: Any, position: int) -> tuple
     """The subject, validated inputs and one answer id per example (empty when ``answer`` is None)."""
     subject = as_subject(subject)
     tokens = subject.tokens(inputs)
+    require_equal_lengths(tokens, "token attribution")
     n, t = tokens.shape
     if isinstance(position, bool) or not isinstance(position, int) or not -t <= position < t:
         raise InterpError(f"position {position!r} is outside the inputs", expected=f"an int in [-{t}, {t})",

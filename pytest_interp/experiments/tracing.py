@@ -13,6 +13,7 @@ import torch
 
 from ..core import records as _records
 from ..core.cache import current, site_key, tensor_digest
+from ..core.batch import require_equal_lengths
 from ..core.errors import InterpError
 from ..core.settings import settings
 from ..core.sites import Site, as_sites, attn, mlp, resid
@@ -106,6 +107,7 @@ class Corruption:
                               seen=repr(samples), fix="e.g. samples=5")
         self.subject = subject
         self.tokens = tokens = subject.tokens(prompts, name="prompts")
+        require_equal_lengths(tokens, "causal tracing")
         self.mask = subject_mask(subject, tokens, subject_tokens)
         ans = subject.token_ids(answer)
         n, t = tokens.shape

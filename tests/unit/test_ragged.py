@@ -238,3 +238,13 @@ def test_interventions_that_would_read_padding_refuse(induction):
     check(err, "padded differently")
     noisy = pi.ablate(induction, pi.mlp(0), inputs=rows, metric=pi.metrics.loss(), how=pi.Noise(seed=1))
     assert noisy.n == 4
+
+
+def test_methods_that_read_fixed_positions_refuse_ragged_batches(induction):
+    rows = _ragged(64, [9, 5, 8, 6])
+    with pytest.raises(pi.InterpError) as err:
+        pi.explain.grad_x_input(induction, rows, answer=3)
+    check(err, "one length", "from 5 to 9")
+    with pytest.raises(pi.InterpError) as err:
+        pi.trace(induction, rows, answer=3, subject_tokens=[1, 2])
+    check(err, "causal tracing", "one length")
