@@ -247,7 +247,9 @@ def test_a_relative_marker_path_is_read_from_the_test_file_s_directory(pytester,
     pytester.makepyfile(**{"claims/test_a": "import pytest\npytestmark = pytest.mark.interp_model('models/m')\n"
                            + USES_THE_MODEL})
     pytester.runpytest("-W", "error::pytest_interp.InterpWarning").assert_outcomes(passed=1)
-    assert pytester.runpytest("claims").parseoutcomes() == {"passed": 1}  # whatever the invocation directory
+    # whatever the invocation directory (other plugins' warnings, e.g. pytest-benchmark's under xdist, may show)
+    result = pytester.runpytest("claims", "-W", "error::pytest_interp.InterpWarning")
+    assert result.parseoutcomes()["passed"] == 1 and "failed" not in result.parseoutcomes()
 
 
 def test_a_marker_path_relative_to_the_rootdir_still_loads_with_a_warning(pytester, saved):
@@ -256,7 +258,7 @@ def test_a_marker_path_relative_to_the_rootdir_still_loads_with_a_warning(pytest
     pytester.makepyfile(**{"claims/test_a": "import pytest\npytestmark = pytest.mark.interp_model('models/m')\n"
                            + USES_THE_MODEL})
     result = pytester.runpytest("-W", "always::pytest_interp.InterpWarning")
-    result.assert_outcomes(passed=1, warnings=1)
+    assert result.parseoutcomes()["passed"] == 1 and result.parseoutcomes().get("warnings", 0) >= 1
     result.stdout.fnmatch_lines(["*relative paths are read from the test file's directory*"
                                  "Write interp_model('../models/m')*"])
     result = pytester.runpytest("-W", "error::pytest_interp.InterpWarning")
