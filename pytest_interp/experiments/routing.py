@@ -14,6 +14,7 @@ import torch
 
 from ..core import records as _records
 from ..core.cache import current, tensor_digest
+from ..core.batch import require_equal_lengths
 from ..core.errors import InterpError
 from ..core.settings import settings
 from ..engine.runner import routes
@@ -112,6 +113,7 @@ def routing(subject: Subject, inputs: Any, *, layers: Any = None, record: bool =
     for layer in layers_l:
         check_layer(subject, layer)
     tokens = subject.tokens(inputs)
+    require_equal_lengths(tokens, "the routing log")  # its fractions count every position
 
     def parts() -> dict[str, Any]:
         return {"model": subject.fingerprint, "kind": "routing log", "tokens": tensor_digest(tokens),

@@ -248,3 +248,12 @@ def test_methods_that_read_fixed_positions_refuse_ragged_batches(induction):
     with pytest.raises(pi.InterpError) as err:
         pi.trace(induction, rows, answer=3, subject_tokens=[1, 2])
     check(err, "causal tracing", "one length")
+
+
+def test_the_routing_log_refuses_ragged_batches():
+    from tests.helpers import tiny_model
+
+    moe = pi.load(tiny_model("mixtral"))
+    with pytest.raises(pi.InterpError) as err:
+        pi.routing(moe, _ragged(48, [9, 5, 8]))
+    check(err, "routing log", "one length")
