@@ -98,6 +98,12 @@ def logits(subject: Subject, tokens: torch.Tensor | None = None, *, what: str, k
     return finite(logits_of(forward(subject, tokens, **output_kwargs(subject, kind), **kwargs), kind), what)
 
 
+def head_logits(head: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's output head applied to final hidden states (a sweep's per-slot logits), no gradient."""
+    with torch.no_grad():
+        return head(hidden)
+
+
 def bind_lengths(edits: list[Edit], tokens: torch.Tensor) -> None:
     """Tell ``edits`` each example's real length when ``tokens`` is a ragged batch (positions count from each
     example's own end)."""

@@ -28,7 +28,8 @@ from ..core.sites import Mask, Site
 from ..model.checks import position_mask
 from ..model.subject import Subject
 from .hooks import Edit, apply, hooks, install
-from .runner import ScoreFn, bind_lengths, check_edits, chunks, finite, forward, logits_of, output_kwargs
+from .runner import (ScoreFn, bind_lengths, check_edits, chunks, finite, forward, head_logits, logits_of,
+                     output_kwargs)
 
 
 @dataclass
@@ -195,8 +196,7 @@ def _head_split(subject: Subject) -> tuple[Any, Any] | None:
         x = torch.arange(min(4, subject.vocab_size), device=subject.device)[None]
         with hooks([handle]):
             full = logits_of(forward(subject, x))
-        with torch.no_grad():
-            mine = head(seen[0]) if seen else None
+        mine = head_logits(head, seen[0]) if seen else None
         if mine is not None and mine.shape == full.shape and torch.allclose(mine.float(), full.float(), rtol=1e-4,
                                                                           atol=1e-4):
             found = (base, head)
@@ -254,8 +254,7 @@ class _LateHead:
             per_row = h.shape[1] * self.split[1].weight.shape[0] * 4
             rows = max(hi - lo, (self.budget // max(per_row, 1)) // (hi - lo) * (hi - lo))
             end = min(lo + rows, h.shape[0])
-            with torch.no_grad():
-                self.group = (lo, end, out, self.split[1](h[lo:end]))
+            self.group = (lo, end, out, head_logits(self.split[1], h[lo:end]))
         start, _, _, logits = self.group
         return logits[lo - start:hi - start]
 
