@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..core.batch import ragged, real
+from ..core.batch import lengths, ragged, real
 from ..core.cache import digest_any
 from ..core.errors import InterpError
 from ..core.sites import Site
@@ -307,21 +307,18 @@ class Resample(Intervention):
 
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
         src = tokens if self.source is None else subject.tokens(self.source, name="Resample source")
+        n, m = tokens.shape[0], src.shape[0]
+        if self.source is None and n < 2:
+            raise InterpError("Resample from the inputs needs at least 2 examples", expected=">= 2 examples",
+                              seen=f"{n}", fix="pass a larger batch or Resample(source=...)")
         if ragged(src) or ragged(tokens):
-            raise InterpError("Resample on examples of different lengths is not supported",
-                              expected="equal-length inputs and source (a drawn example's padding would replace "
-                                       "real tokens)", seen="a ragged batch",
-                              fix="use pi.Mean() (it leaves padding out), or group the inputs by length")
+            return self._ragged(subject, site, tokens, src)
         if src.shape[1] != tokens.shape[1]:
             raise InterpError("Resample source has another length than the inputs",
                               expected=f"{tokens.shape[1]} tokens per source example", seen=f"{src.shape[1]} tokens",
                               fix="resample from sequences of the same length")
-        n, m = tokens.shape[0], src.shape[0]
         g = torch.Generator().manual_seed(self.seed)
         if self.source is None:
-            if n < 2:
-                raise InterpError("Resample from the inputs needs at least 2 examples", expected=">= 2 examples",
-                                  seen=f"{n}", fix="pass a larger batch or Resample(source=...)")
             shift = torch.randint(1, n, (n,), generator=g)  # example i takes (i + shift) mod n: never itself
             idx = (torch.arange(n) + shift) % n
         else:
@@ -329,6 +326,50 @@ class Resample(Intervention):
         acts = capture(subject, src, [site.unrestricted])[site.unrestricted]
         picked = acts[idx.to(acts.device)]
         return lambda act, rows: picked[rows].to(act.dtype)
+
+    def _ragged(self, subject: Subject, site: Site, tokens: torch.Tensor, src: torch.Tensor) -> Replacement:
+        """Examples of different lengths: each example draws (seeded) a donor that has every position the site
+        edits in it, aligned at the starts, or at the ends for a site at positions counted from the end
+        (``.at(pi.last)``); a donor's padding never replaces a real token."""
+        L, Ls = lengths(tokens), lengths(src)
+        n, m = len(L), len(Ls)
+        from_end = _from_end(site)
+        pos = site.positions
+        if from_end:
+            idx = (pos,) if isinstance(pos, int) else pos
+            need = torch.full_like(L, -min(idx))  # type: ignore[type-var]
+        elif isinstance(pos, int) or (isinstance(pos, tuple) and all(isinstance(p, int) and p >= 0 for p in pos)):
+            need = torch.full_like(L, max((pos,) if isinstance(pos, int) else pos) + 1)  # type: ignore[type-var]
+        else:  # every real position of the example (or positions that cannot be told apart by rule)
+            need = L
+        g = torch.Generator().manual_seed(self.seed)
+        donor = torch.empty(n, dtype=torch.long)
+        for i in range(n):
+            ok = Ls >= need[i]
+            if self.source is None:
+                ok[i] = False
+            choices = ok.nonzero().flatten()
+            if choices.numel() == 0:
+                where = "other input" if self.source is None else "source example"
+                longest = int((Ls[torch.arange(m) != i] if self.source is None else Ls).max())
+                raise InterpError(f"Resample has no {where} long enough for example {i}",
+                                  expected=f"a donor with at least {int(need[i])} tokens (the positions the site "
+                                           f"{site} edits)",
+                                  seen=f"example {i} has {int(L[i])} tokens; the longest {where} has {longest}",
+                                  fix="add longer examples (or Resample(source=...) with longer ones), or restrict "
+                                      "the site to positions every example has, e.g. .at(pi.last)")
+            donor[i] = choices[torch.randint(0, choices.numel(), (1,), generator=g)]
+        acts = capture(subject, src, [site.unrestricted])[site.unrestricted]
+        seq = tokens.shape[1]
+        t = torch.arange(seq)[None]
+        offset = (Ls[donor] - L)[:, None] if from_end else torch.zeros(n, 1, dtype=torch.long)
+        col = t + offset  # example i's position t takes its donor's position t + offset
+        valid = (t < L[:, None]) & (col >= 0) & (col < Ls[donor][:, None])
+        col = col.clamp(0, src.shape[1] - 1).to(acts.device)
+        rows_of = acts[donor.to(acts.device)]
+        picked = rows_of.gather(1, col.reshape(n, seq, *([1] * (acts.dim() - 2))).expand(n, seq, *acts.shape[2:]))
+        keep = valid.to(acts.device).reshape(n, seq, *([1] * (acts.dim() - 2)))
+        return lambda act, rows: torch.where(keep[rows], picked[rows].to(act.dtype), act)
 
     def reads(self, subject: Subject, tokens: torch.Tensor) -> torch.Tensor | None:
         return tokens if self.source is None else subject.tokens(self.source, name="Resample source")

@@ -226,11 +226,43 @@ def test_text_errors(minilm, induction):
     check(err, "not in the vocabulary")
 
 
+def test_resample_on_a_ragged_batch_draws_donors_long_enough(induction):
+    from pytest_interp.engine.runner import capture
+
+    rows = _ragged(64, [9, 5, 8, 6, 9])
+    tokens = induction.tokens(rows)
+    L = pi.real(tokens).sum(1)
+    acts = capture(induction, tokens, [pi.mlp(0)])[pi.mlp(0)]
+    alone = [capture(induction, induction.tokens([r]), [pi.mlp(0)])[pi.mlp(0)][0] for r in rows]
+    every = torch.arange(len(rows))
+    for site, from_end in ((pi.mlp(0).at(pi.last), True), (pi.mlp(0), False), (pi.mlp(0).at(4), False)):
+        out = pi.Resample(seed=3).prepare(induction, site, tokens)(acts, every)
+        for i in range(len(rows)):
+            n = int(L[i])
+            # the donor: the other example whose activations fill example i (aligned at the end for pi.last)
+            fits = [j for j in range(len(rows)) if j != i and (
+                torch.allclose(out[i, n - 1], alone[j][-1], atol=1e-5) if from_end
+                else len(alone[j]) >= n and torch.allclose(out[i, :n], alone[j][:n], atol=1e-5)
+                if site.positions is None
+                else torch.allclose(out[i, 4], alone[j][4], atol=1e-5))]
+            assert len(fits) == 1, (site, i)
+            assert torch.equal(out[i, n:], acts[i, n:])  # padding keeps its own value; no donor padding is used
+    # a sweep gives pi.ablate's numbers
+    metric = pi.metrics.logprob([r[-1] for r in rows], position=-2)
+    for site in (pi.mlp(0), pi.head(0, 1).at(pi.last - 1)):
+        one = pi.ablate(induction, site, inputs=rows, metric=metric, how=pi.Resample(seed=2))
+        swept = pi.sweep(induction, [site, pi.mlp(1)], inputs=rows, metric=metric, how=pi.Resample(seed=2))[site]
+        assert torch.allclose(torch.as_tensor(one.values), torch.as_tensor(swept.values), atol=1e-5)
+    # the longest example has no other example as long: a whole-sequence resample cannot fill it
+    with pytest.raises(pi.InterpError) as err:
+        pi.ablate(induction, pi.mlp(0), inputs=_ragged(64, [9, 5, 8, 6]), metric=pi.metrics.loss(),
+                  how=pi.Resample())
+    check(err, "no other input long enough for example 0", "at least 9 tokens", "longest other input has 8",
+          ".at(pi.last)")
+
+
 def test_interventions_that_would_read_padding_refuse(induction):
     rows = _ragged(64, [9, 5, 8, 6])
-    with pytest.raises(pi.InterpError) as err:
-        pi.ablate(induction, pi.mlp(0), inputs=rows, metric=pi.metrics.loss(), how=pi.Resample())
-    check(err, "different lengths", "pi.Mean()")
     shorter = [r[:-1] for r in rows]
     with pytest.raises(pi.InterpError) as err:
         pi.patch(induction, pi.resid(1).at(1), clean=[r + [1] for r in shorter[:2]] + shorter[2:], corrupt=rows,
