@@ -140,9 +140,28 @@ def b5(subject: pi.Subject) -> list[tuple[str, str]]:
              f"{t_packed:.2f} s vs {t_single:.2f} s: packing gains {t_single / t_packed:.2f}x; max |diff| {diff:.1e}")]
 
 
+def _status(key: str) -> int:
+    """A /proc/self/status value in KiB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+
+def reset_peak() -> int:
+    """Reset this process's peak resident size (VmHWM) to its current one; returns that size (KiB)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status("VmRSS")
+
+
+def peak_since(base: int) -> str:
+    """How far the resident size peaked above ``base`` (KiB) since :func:`reset_peak`."""
+    return f"peak +{(_status('VmHWM') - base) / 2**20:.2f} GiB"
+
+
 MEMORY = """
 import sys, torch
 import pytest_interp as pi
+{prelude}
 sys.path.insert(0, {here!r})
 import make_model
 torch.set_num_threads(2)
@@ -161,18 +180,19 @@ print(base, status("VmHWM"))
 
 def memory(model_dir: Path) -> list[tuple[str, str]]:
     """Peak resident memory of a default all-heads sweep in a fresh process: what the sweep adds above the loaded
-    model (after one forward pass), against the size of the weights; with glibc's default allocator settings and
-    with its mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072: large buffers go back to the system when freed
-    instead of staying in a fragmented heap)."""
+    model (after one forward pass), against the size of the weights; as shipped (the first run fixes glibc's mmap
+    threshold, so large buffers go back to the system when freed) and with that disabled (glibc's dynamic
+    threshold keeps freed buffers in a fragmented heap)."""
     rows = []
     for tag, directory, inputs in (("B1", model_dir, "{}"), ("L1", make_model.build_llama(),
                                                                 "{'n': 8, 'seq': 32, 'vocab': 32000}")):
         weights = sum(f.stat().st_size for f in Path(directory).glob("*.safetensors")) / 2**30
-        for env_label, extra in (("default malloc", {}), ("MALLOC_MMAP_THRESHOLD_=131072", {
-                "MALLOC_MMAP_THRESHOLD_": "131072"})):
-            code = MEMORY.format(here=str(HERE), model=str(directory), inputs=inputs)
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 env={**os.environ, **extra})
+        for env_label, prelude in (("as shipped: the first run fixes glibc's mmap threshold", ""), (
+                "that fix disabled: glibc's dynamic threshold",
+                "from pytest_interp.engine import memory; memory._state['done'] = False")):
+            code = MEMORY.format(here=str(HERE), model=str(directory), inputs=inputs, prelude=prelude)
+            env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
             base, peak = (int(x) / 2**20 for x in out.stdout.split())  # KiB
             rows.append((f"M {tag} sweep memory ({env_label})", f"+{peak - base:.2f} GiB above the loaded model "
                          f"({base:.2f} GiB; peak {peak:.2f} GiB); weights {weights:.2f} GiB: the sweep adds "
@@ -192,12 +212,14 @@ def llama_rows() -> list[tuple[str, str]]:
     pi.sweep(subject, [pi.head(0, 0)], inputs=tokens, metric=pi.metrics.loss())  # warm-up
     naive, t_naive = peers.hf_llama_heads(model_dir, tokens)
     for label, metric in (("built-in loss", pi.metrics.loss()), ("custom loss Metric(fn)", custom_loss)):
+        base = reset_peak()
         t = time.perf_counter()
         sweep = pi.sweep(subject, inputs=tokens, metric=metric, how=pi.Mean(exclude_self=False))
         secs = time.perf_counter() - t
         ours = {(s.layer, s.index): e.mean for s, e in sweep.items()}
         rows.append((f"L1 all-heads mean-ablation sweep, {label}", f"{secs:.2f} s; {t_naive / secs:.2f}x faster than "
-                     f"one forward per head ({t_naive:.2f} s); max |diff| {peers.max_abs_diff(ours, naive):.1e}"))
+                     f"one forward per head ({t_naive:.2f} s); max |diff| {peers.max_abs_diff(ours, naive):.1e}; "
+                     f"{peak_since(base)}"))
     clean = make_model.make_inputs(n=8, seq=32, seed=1, vocab=32000)
     corrupt = clean.clone()
     corrupt[:, 3] = (corrupt[:, 3] + 1) % 32000
@@ -214,13 +236,14 @@ def llama_rows() -> list[tuple[str, str]]:
     for label, metric in (("built-in logprob", pi.metrics.logprob(target)),
                           ("custom Metric(fn, reads=pi.last)", pi.metrics.Metric(last_rows, reads=pi.last)),
                           ("custom Metric(fn), positions not declared", pi.metrics.Metric(last_rows))):
+        base = reset_peak()
         t = time.perf_counter()
         sweep = pi.patch_sweep(subject, clean=clean, corrupt=corrupt, metric=metric)
         secs = time.perf_counter() - t
         ours = {(s.layer, s.positions): e.mean for s, e in sweep.items()}
         rows.append((f"L2 last-position resid patching 8 x 32, {label}", f"{secs:.2f} s; {t_naive / secs:.2f}x "
                      f"faster than one forward per site ({t_naive:.2f} s); max |diff| "
-                     f"{peers.max_abs_diff(ours, naive):.1e}"))
+                     f"{peers.max_abs_diff(ours, naive):.1e}; {peak_since(base)}"))
     return rows
 
 
@@ -257,19 +280,23 @@ def main(argv: list[str]) -> int:
     rows.append(("one forward, 8 x 16 tokens (plain HF)", f"{fwd:.3f} s"))
     if "B1" in wanted:
         pi.sweep(subject, [pi.head(0, 0)], inputs=tokens, metric=pi.metrics.loss())  # warm-up
+        base = reset_peak()
         ours, t_ours, frac = pi_b1(subject, tokens)
         rows.append(("B1 all-heads mean-ablation sweep: pytest-interp", f"{t_ours:.2f} s ({frac:.1%} of the naive "
-                     "layer x token evaluations)"))
+                     f"layer x token evaluations); {peak_since(base)}"))
         for name, fn in (("plain HF hooks", peers.hf_b1), ("TransformerLens", peers.tl_b1),
                          ("nnsight", peers.nnsight_b1)):
+            base = reset_peak()
             try:
                 theirs, t = fn(model_dir, tokens)
             except Exception as exc:  # noqa: BLE001 - a peer that is missing is reported, not fatal
                 rows.append((f"B1 {name}", f"unavailable: {type(exc).__name__}: {str(exc)[:90]}"))
                 continue
             rows.append((f"B1 {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
-                         f"{peers.max_abs_diff(ours, theirs):.1e}"))
+                         f"{peers.max_abs_diff(ours, theirs):.1e}; {peak_since(base)} (loading its model "
+                         "included)"))
     if "B4" in wanted:
+        base = reset_peak()
         t = time.perf_counter()
         est = pi.attribution_sweep(subject, inputs=tokens, metric=pi.metrics.loss())
         t_est = time.perf_counter() - t
@@ -277,7 +304,8 @@ def main(argv: list[str]) -> int:
         exact = pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
         t_exact = time.perf_counter() - t
         rows.append(("B4 attribution screen vs exact B1 sweep", f"{t_est:.2f} s vs {t_exact:.2f} s: "
-                     f"{t_exact / t_est:.1f}x faster; Spearman rank correlation {pi.rank_agreement(est, exact):.3f}"))
+                     f"{t_exact / t_est:.1f}x faster; Spearman rank correlation {pi.rank_agreement(est, exact):.3f}; "
+                     f"{peak_since(base)}"))
     if "B2" in wanted or "B2L" in wanted:
         # seed 1: with seed 0 the corrupted prompts happen to score better than the clean ones (random weights)
         clean = make_model.make_inputs(seed=1)
@@ -298,17 +326,20 @@ def main(argv: list[str]) -> int:
                              pi.metrics.logprob(target), last))
         for label, ours_metric, peer_metric in variants:
             tag = label.split()[0]
+            base = reset_peak()
             ours, t_ours = pi_b2(subject, clean, corrupt, ours_metric)
-            rows.append((f"{label}: pytest-interp", f"{t_ours:.2f} s"))
+            rows.append((f"{label}: pytest-interp", f"{t_ours:.2f} s; {peak_since(base)}"))
             for name, fn in (("plain HF hooks", peers.hf_b2), ("TransformerLens", peers.tl_b2),
                              ("nnsight", peers.nnsight_b2)):
+                base = reset_peak()
                 try:
                     theirs, t = fn(model_dir, clean, corrupt, peer_metric)
                 except Exception as exc:  # noqa: BLE001
                     rows.append((f"{tag} {name}", f"unavailable: {type(exc).__name__}: {str(exc)[:90]}"))
                     continue
                 rows.append((f"{tag} {name}", f"{t:.2f} s; pytest-interp is {t / t_ours:.2f}x faster; max |diff| "
-                             f"{peers.max_abs_diff(ours, theirs):.1e}"))
+                             f"{peers.max_abs_diff(ours, theirs):.1e}; {peak_since(base)} (loading its model "
+                             "included)"))
     if "B3" in wanted:
         rows += b3(model_dir)
     if "B5" in wanted:

@@ -4,7 +4,8 @@ claims.
 
 Rules every pass keeps: gradients are off unless a pass asks for them; a causal model runs without a key/value
 cache unless the caller passes one; logits are checked for NaN/inf before anything scores them; every hook is
-removed when its pass ends; an edit that did not fire, or did not change what it targets, is an error.
+removed when its pass ends; an edit that did not fire, or did not change what it targets, is an error; freed
+buffers go back to the system (``memory``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..core.batch import ragged, real
 from ..model.checks import batch_lengths, check_layer
 from ..model.subject import Subject
 from .hooks import Edit, hooks, install, install_edits, install_router
+from .memory import release_freed_buffers
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -78,6 +80,7 @@ def forward(subject: Subject, tokens: torch.Tensor | None = None, *, embeds: tor
             grad: bool = False, **kwargs: Any) -> Any:
     """One forward pass of ``tokens`` (or input ``embeds``); returns the model output. This is the only call of
     the model in the package."""
+    release_freed_buffers()
     if subject.adapter.causal:
         kwargs.setdefault("use_cache", False)
     if tokens is not None and ragged(tokens):
