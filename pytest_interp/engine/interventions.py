@@ -335,11 +335,11 @@ class Resample(Intervention):
         n, m = len(L), len(Ls)
         from_end = _from_end(site)
         pos = site.positions
-        if from_end:
-            idx = (pos,) if isinstance(pos, int) else pos
-            need = torch.full_like(L, -min(idx))  # type: ignore[type-var]
-        elif isinstance(pos, int) or (isinstance(pos, tuple) and all(isinstance(p, int) and p >= 0 for p in pos)):
-            need = torch.full_like(L, max((pos,) if isinstance(pos, int) else pos) + 1)  # type: ignore[type-var]
+        ints = (pos,) if isinstance(pos, int) else pos if isinstance(pos, tuple) else None
+        if from_end and ints is not None:
+            need = torch.full_like(L, -min(ints))
+        elif ints is not None and all(isinstance(p, int) and p >= 0 for p in ints):
+            need = torch.full_like(L, max(ints) + 1)
         else:  # every real position of the example (or positions that cannot be told apart by rule)
             need = L
         g = torch.Generator().manual_seed(self.seed)
