@@ -32,6 +32,17 @@ def tokens():
 
 
 @pytest.fixture(scope="session")
+def claim_tokens():
+    """A batch as large as a claim needs (pytest_interp.core.stats.MIN_N examples)."""
+    import torch
+
+    from pytest_interp.core.stats import MIN_N
+
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(1, 48, (MIN_N, 16), generator=g)
+
+
+@pytest.fixture(scope="session")
 def induction():
     if not (INDUCTION / "config.json").exists():
         pytest.fail("fixtures/induction-llama is missing: run python fixtures/train_induction_llama.py")

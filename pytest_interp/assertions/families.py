@@ -16,7 +16,7 @@ from typing import Any
 from ..core.errors import InterpError
 from ..core.metrics import Metric
 from ..core.sites import Site, as_sites, describe
-from ..core.stats import Effect, holm, t_p_value
+from ..core.stats import Effect, holm, mean_p_value
 from ..engine.interventions import Intervention
 from ..experiments.common import stat_args
 from ..experiments.sweeps import sweep
@@ -52,11 +52,12 @@ def assert_only(subject: Subject, necessary: Site | list[Site], among: list[Site
     result = sweep(subject, family, inputs=inputs, metric=metric, how=how, alpha=st["alpha"], seed=st["seed"])
     raw = []
     for s in family:
-        v = result[s].values
-        if s in named:
-            raw.append(t_p_value(v, t, greater=True))
-        else:
-            raw.append(max(t_p_value(v, -w, greater=True), t_p_value(v, w, greater=False)))
+        e = result[s]
+
+        def one_sided(bound: float, greater: bool, e: Effect = e) -> float:
+            return mean_p_value(e.values, bound, greater=greater, n_boot=e.n_boot, seed=e.seed)
+
+        raw.append(one_sided(t, True) if s in named else max(one_sided(-w, True), one_sided(w, False)))
     adjusted = holm(raw)
     level = st["alpha"] / 2
     effects: dict[Site, Effect] = {}
@@ -72,7 +73,7 @@ def assert_only(subject: Subject, necessary: Site | list[Site], among: list[Site
             failed.append(s)
     worst = max(family, key=lambda s: effects[s].details["holm_p"])
     summary = dataclasses.replace(effects[worst], sites=tuple(family))
-    extra = [f"  family: {len(family)} sites, Holm step-down over one-sided t tests, each statement at "
+    extra = [f"  family: {len(family)} sites, Holm step-down over one-sided studentized-bootstrap tests, each statement at "
              f"alpha/2 = {level:g}; shown: the statement with the largest adjusted p ({worst})", *lines]
     decide(f"only {describe(tuple(named))} of {len(family)} sites are necessary for {summary.metric}", summary,
            not failed, "every statement's Holm-adjusted p <= alpha/2", f"necessary >= {t:g}, others within "

@@ -217,7 +217,8 @@ def test_a_flipped_bit_is_a_miss_with_a_warning(cache, tiny_llama, tokens):
 
 
 @pytest.mark.parametrize("tamper", ["replace", "copy", "shape", "nan"])
-def test_a_tampered_entry_never_changes_a_verdict(cache, tiny_llama, tokens, tamper):
+def test_a_tampered_entry_never_changes_a_verdict(cache, tiny_llama, claim_tokens, tamper):
+    tokens = claim_tokens
     ok = pi.assert_necessary(tiny_llama, pi.head(1, 2), inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero(),
                              at_least=-10.0)
     pi.ablate(tiny_llama, pi.head(1, 3), inputs=tokens, metric=pi.metrics.loss(), how=pi.Zero())

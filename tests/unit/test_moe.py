@@ -156,7 +156,8 @@ def test_routing_log_frequencies(moe, tokens):
     assert len(rows) == 8 and {"layer", "expert", "all", "last"} <= set(rows[0])
 
 
-def test_routes_to_claim_is_decided_by_the_lower_bound(moe, tokens):
+def test_routes_to_claim_is_decided_by_the_lower_bound(moe, claim_tokens):
+    tokens = claim_tokens
     _, subject = moe
     log = pi.routing(subject, tokens, layers=[1], record=False)
     top = int(np.argmax(log.frequency(1)))
