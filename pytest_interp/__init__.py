@@ -59,6 +59,16 @@ _LAZY = {
     "leave_one_out": "experiments.segments",
     "leave_out": "experiments.segments",
     "load": "model.subject",
+    "assert_feature_selective": "assertions.features",
+    "assert_feature_sufficient": "assertions.features",
+    "assert_feature_necessary": "assertions.features",
+    "assert_sae_faithful": "assertions.features",
+    "selectivity": "experiments.features",
+    "sae_fidelity": "experiments.features",
+    "features": "experiments.features",
+    "Steer": "engine.interventions",
+    "load_sae": "model.sae",
+    "SAE": "model.sae",
     "patch": "experiments.patching",
     "patch_sweep": "experiments.sweeps",
     "provenance": "experiments.segments",
@@ -95,9 +105,11 @@ __all__ = [
     "Reroute",
     "Resample",
     "Routing",
+    "SAE",
     "Segment",
     "Settings",
     "Site",
+    "Steer",
     "Subject",
     "Sweep",
     "Trace",
@@ -108,6 +120,9 @@ __all__ = [
     "assert_expert_necessary",
     "assert_expert_not_necessary",
     "assert_faithful",
+    "assert_feature_necessary",
+    "assert_feature_selective",
+    "assert_feature_sufficient",
     "assert_induction_head",
     "assert_mediates",
     "assert_necessary",
@@ -116,6 +131,7 @@ __all__ = [
     "assert_only",
     "assert_restores",
     "assert_routes_to",
+    "assert_sae_faithful",
     "assert_tool_output_necessary",
     "attn",
     "attribution_sweep",
@@ -124,6 +140,7 @@ __all__ = [
     "expert",
     "explain",
     "faithfulness",
+    "features",
     "head",
     "induction_scores",
     "keep_only",
@@ -131,6 +148,7 @@ __all__ = [
     "leave_one_out",
     "leave_out",
     "load",
+    "load_sae",
     "metrics",
     "mlp",
     "patch",
@@ -145,6 +163,8 @@ __all__ = [
     "restore",
     "router",
     "routing",
+    "sae_fidelity",
+    "selectivity",
     "settings",
     "shuffle_segments",
     "sweep",
@@ -193,4 +213,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .experiments.sweeps import Sweep, patch_sweep, sweep
     from .experiments.tracing import Trace, restore, trace
     from .model.adapters import Adapter, register as register_adapter
+    from .model.sae import SAE, load_sae
+    from .engine.interventions import Steer
+    from .experiments.features import features, sae_fidelity, selectivity
+    from .assertions.features import (assert_feature_necessary, assert_feature_selective, assert_feature_sufficient,
+                                      assert_sae_faithful)
     from .model.subject import Subject, load

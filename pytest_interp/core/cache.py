@@ -80,6 +80,9 @@ def site_key(site: Any) -> str:
     pos = site.positions
     if isinstance(pos, Mask):
         pos = hashlib.sha256(repr(pos.rows).encode()).hexdigest()
+    if site.kind == "feature":  # the SAE's weights, its host and which features
+        idx = hashlib.sha256(repr(site.features).encode()).hexdigest()[:16]
+        return f"feature:{site.sae.fingerprint}:{site_key(site.host)}:{idx}:{pos}"
     return f"{site.kind}:{site.layer}:{site.index}:{pos}"
 
 

@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 from .errors import InterpError
 
-KINDS = ("head", "attn", "mlp", "resid", "expert", "router")
+KINDS = ("head", "attn", "mlp", "resid", "expert", "router", "feature")
 
 
 @dataclass(frozen=True)
@@ -87,14 +87,19 @@ class Site:
     Attributes:
         kind: one of ``head``, ``attn``, ``mlp``, ``resid``, ``expert``, ``router``.
         layer: the layer index.
-        index: the head or expert index (``None`` for whole-layer sites).
+        index: the head or expert index (``None`` for whole-layer sites); a single feature's index.
         positions: token positions the site is restricted to (``None``: all).
+        host, sae, features: for SAE features (``sae.feature(i)``): the site the SAE reads, the SAE and the
+            feature indices.
     """
 
     kind: str
     layer: int
     index: int | None = None
     positions: Positions = None
+    host: Site | None = None
+    sae: Any = None
+    features: tuple[int, ...] = ()
 
     def at(self, positions: Any) -> Site:
         """Restrict the site to token positions: an int, a list of ints, a slice, or a bool mask [batch, seq].
@@ -112,12 +117,20 @@ class Site:
         return self.index
 
     @property
+    def host_site(self) -> Site:
+        """The site an SAE feature lives in (the site itself for other kinds)."""
+        return self.host if self.host is not None else self
+
+    @property
     def unrestricted(self) -> Site:
         """The same site over all positions."""
         return replace(self, positions=None)
 
     def __str__(self) -> str:
         name = f"{self.kind} {self.layer}" if self.index is None else f"{self.kind} {self.layer}.{self.index}"
+        if self.kind == "feature":
+            shown = ", ".join(map(str, self.features[:4])) + (", ..." if len(self.features) > 4 else "")
+            name = f"{'feature' if len(self.features) == 1 else 'features'} {shown} ({self.host})"
         if self.positions is None:
             return name
         if isinstance(self.positions, tuple):

@@ -112,6 +112,10 @@ class Edit:
     changed: bool = False
     lengths: torch.Tensor | None = None  # each example's real length in a ragged batch (set by the runner)
 
+    def __post_init__(self) -> None:
+        if self.site.kind == "feature":  # a feature that is off on the batch is legitimately unaffected
+            self.must_change = False
+
 
 def apply(edit: Edit, act: Any, rows: torch.Tensor, batch: int) -> Any:
     """``edit``'s replacement of ``act`` (an activation tensor, or a MoE Route) at the site's positions."""
@@ -130,6 +134,8 @@ def apply(edit: Edit, act: Any, rows: torch.Tensor, batch: int) -> Any:
 def install(subject: Subject, site: Site, transform: Callable[[Any], Any]) -> Any:
     """Hook ``transform(activation) -> replacement or None`` at ``site``; returns the handle."""
     ad = subject.adapter
+    if site.kind == "feature":
+        return _install_features(subject, site, transform)
     if site.kind == "head":
         sl = slice(site.number * ad.head_dim, (site.number + 1) * ad.head_dim)
 
@@ -170,6 +176,22 @@ def install(subject: Subject, site: Site, transform: Callable[[Any], Any]) -> An
         return transform(output)
 
     return module.register_forward_hook(post)
+
+
+def _install_features(subject: Subject, site: Site, transform: Callable[[Any], Any]) -> Any:
+    """An SAE's features at its host site: ``transform`` sees their activations ``[b, t, k]``; a replacement
+    changes only their contribution to the host (the SAE's error term stays), so leaving them as they are
+    leaves the host's activation exactly as it was."""
+    sae, idx = site.sae, list(site.features)
+
+    def via(x: Any) -> Any:
+        acts = sae.encode(x)[..., idx]
+        new = transform(acts)
+        if new is None:
+            return None
+        return x + sae.contribution(new - acts, site.features).to(x.dtype)
+
+    return install(subject, site.host_site, via)
 
 
 def install_edits(subject: Subject, edits: list[Edit], rows: torch.Tensor, batch: int) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class Intervention:
         """A JSON-able description of everything that sets this intervention's numbers (for the run cache)."""
         out: dict[str, Any] = {"kind": type(self).__name__}
         for name, value in vars(self).items():
-            out[name] = digest_any(value) if name in ("reference", "source") else value
+            out[name] = digest_any(value) if name in ("reference", "source", "direction") else value
         return out
 
 
@@ -403,6 +404,69 @@ class Noise(Intervention):
 
     def describe(self) -> str:
         return f"add noise ({self.scale} x std, seed {self.seed})"
+
+
+@dataclass(frozen=True, eq=False)
+class Steer(Intervention):
+    """Add ``alpha`` times a direction: on SAE features (``sae.feature(i)``), ``alpha`` is added to each
+    feature's activation, i.e. ``alpha`` times its decoder direction to the site; on other sites, give the
+    ``direction`` (a vector as wide as the site's activation)."""
+
+    pure = True
+
+    alpha: float = 1.0
+    direction: Any = None
+
+    def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha):
+            raise InterpError("Steer needs a finite number alpha", expected="e.g. pi.Steer(2.0)",
+                              seen=repr(self.alpha), fix="pass alpha as a float")
+        if site.kind == "feature":
+            if self.direction is not None:
+                raise InterpError("Steer on SAE features takes no direction", expected="pi.Steer(alpha): the "
+                                  "features' own decoder directions", seen="direction=...",
+                                  fix="drop direction=, or steer the SAE's host site with it")
+            return lambda act, rows: act + self.alpha
+        v = as_direction(subject, site, self.direction, "Steer")
+        return lambda act, rows: act + (self.alpha * v).to(act.device, act.dtype)
+
+    def describe(self) -> str:
+        return f"steer (+{self.alpha:g} x {'decoder direction' if self.direction is None else 'direction'})"
+
+
+def as_direction(subject: Subject, site: Site, direction: Any, who: str) -> torch.Tensor:
+    """``direction`` as a float32 vector as wide as ``site``'s activation, or an InterpError."""
+    width = subject.adapter.head_dim if site.kind == "head" else subject.adapter.hidden_size
+    if direction is None:
+        raise InterpError(f"{who} on {site} needs a direction", expected=f"a vector of {width} numbers",
+                          seen="direction=None", fix=f"pass direction=... (e.g. a probe's weight vector)")
+    v = torch.as_tensor(direction, dtype=torch.float32).flatten()
+    if v.numel() != width:
+        raise InterpError(f"the {who} direction has the wrong size for {site}", expected=f"{width} numbers",
+                          seen=f"{v.numel()}", fix="use a direction read at this site")
+    if not bool(torch.isfinite(v).all()) or float(v.norm()) == 0.0:
+        raise InterpError(f"the {who} direction is zero or not finite", expected="a finite, non-zero vector",
+                          seen=f"norm {float(v.norm())}", fix="check how the direction was computed")
+    return v
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruct(Intervention):
+    """Replace a site's activation by an SAE's reconstruction of it (for the SAE's fidelity)."""
+
+    pure = True
+
+    sae: Any = None
+
+    def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
+        sae = self.sae
+        return lambda act, rows: sae.decode(sae.encode(act)).to(act.dtype)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "Reconstruct", "sae": self.sae.fingerprint}
+
+    def describe(self) -> str:
+        return f"SAE reconstruction ({self.sae.hook_name})"
 
 
 @dataclass(frozen=True, eq=False)

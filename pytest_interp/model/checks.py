@@ -25,7 +25,13 @@ def check_layer(subject: Subject, layer: int, *, allow_final: bool = False) -> N
 
 def check_site(subject: Subject, site: Site, tokens: torch.Tensor) -> None:
     """Raise InterpError if ``site`` does not exist in ``subject`` or its positions miss ``tokens``."""
-    check_layer(subject, site.layer, allow_final=site.kind == "resid")
+    if site.kind == "feature":
+        from .sae import check_feature_site
+
+        check_site(subject, site.host_site, tokens)
+        check_feature_site(subject, site)
+    check_layer(subject, site.layer, allow_final=site.kind == "resid" or (site.host is not None and
+                                                                         site.host.kind == "resid"))
     if site.kind == "head" and not 0 <= site.number < subject.n_heads:
         raise InterpError(f"head {site.layer}.{site.index} is out of range",
                           expected=f"a head in 0..{subject.n_heads - 1}",
