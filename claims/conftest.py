@@ -92,3 +92,20 @@ def lives_in():
 def works_as():
     """The 100 facts `<bos> s1 s2 s3 works as a` -> job (last token 6)."""
     return _facts("works as a")
+
+
+@pytest.fixture(scope="module")
+def sums():
+    """Held-out problems for fixtures/addition-gpt2 up to the token s0 (9 tokens: the last one predicts s1, the
+    digit that needs the carry), split by carry: {"carry": (tokens, s1), "none": (tokens, s1)}; and 128 whole
+    problems with the next-token loss of their three answer digits: {"full": tokens, "answer_loss": metric}."""
+    import pytest_interp as pi
+
+    p = fixture_module("train_addition_gpt2").make_problems("heldout", seed=0)
+    carry = p["carry"].bool()
+    full = p["ids"][:128]
+    answer = torch.zeros_like(full, dtype=torch.bool)
+    answer[:, 7:10] = True  # the predictions of s0, s1, s2
+    return {"carry": (p["ids"][carry][:64, :9], p["ids"][carry][:64, 9]),
+            "none": (p["ids"][~carry][:64, :9], p["ids"][~carry][:64, 9]), "full": full,
+            "answer_loss": pi.metrics.loss(mask=answer)}
