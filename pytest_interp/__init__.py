@@ -59,6 +59,12 @@ _LAZY = {
     "leave_one_out": "experiments.segments",
     "leave_out": "experiments.segments",
     "load": "model.subject",
+    "assert_direction_unused": "assertions.probes",
+    "assert_direction_used": "assertions.probes",
+    "assert_probe_selective": "assertions.probes",
+    "Probe": "experiments.probes",
+    "probe": "experiments.probes",
+    "Direction": "engine.interventions",
     "assert_feature_selective": "assertions.features",
     "assert_feature_sufficient": "assertions.features",
     "assert_feature_necessary": "assertions.features",
@@ -90,6 +96,7 @@ __all__ = [
     "Adapter",
     "Attribution",
     "ClaimFailed",
+    "Direction",
     "Effect",
     "Faithfulness",
     "Force",
@@ -99,6 +106,7 @@ __all__ = [
     "InterventionNoOpError",
     "Mean",
     "Noise",
+    "Probe",
     "Prompt",
     "Remove",
     "RepeatedTokens",
@@ -115,6 +123,8 @@ __all__ = [
     "Trace",
     "Zero",
     "ablate",
+    "assert_direction_unused",
+    "assert_direction_used",
     "assert_document_necessary",
     "assert_document_unused",
     "assert_expert_necessary",
@@ -129,6 +139,7 @@ __all__ = [
     "assert_not_faithful",
     "assert_not_necessary",
     "assert_only",
+    "assert_probe_selective",
     "assert_restores",
     "assert_routes_to",
     "assert_sae_faithful",
@@ -153,6 +164,7 @@ __all__ = [
     "mlp",
     "patch",
     "patch_sweep",
+    "probe",
     "provenance",
     "rank_agreement",
     "real",
@@ -214,7 +226,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .experiments.tracing import Trace, restore, trace
     from .model.adapters import Adapter, register as register_adapter
     from .model.sae import SAE, load_sae
-    from .engine.interventions import Steer
+    from .engine.interventions import Direction, Steer
+    from .experiments.probes import Probe, probe
+    from .assertions.probes import assert_direction_unused, assert_direction_used, assert_probe_selective
     from .experiments.features import features, sae_fidelity, selectivity
     from .assertions.features import (assert_feature_necessary, assert_feature_selective, assert_feature_sufficient,
                                       assert_sae_faithful)

@@ -13,6 +13,7 @@ from ..core.batch import lengths, ragged, real
 from ..core.cache import digest_any
 from ..core.errors import InterpError
 from ..core.sites import Site
+from ..model.checks import batch_lengths, position_mask
 from ..model.subject import Subject
 from .hooks import Replacement
 from .runner import capture
@@ -448,6 +449,45 @@ def as_direction(subject: Subject, site: Site, direction: Any, who: str) -> torc
         raise InterpError(f"the {who} direction is zero or not finite", expected="a finite, non-zero vector",
                           seen=f"norm {float(v.norm())}", fix="check how the direction was computed")
     return v
+
+
+@dataclass(frozen=True, eq=False)
+class Direction(Intervention):
+    """Remove one direction from a site's activation: ``mode="project"`` projects it out (the component along
+    the direction set to zero), ``mode="mean"`` sets that component to its mean over the inputs at the
+    positions the site covers (real tokens only). Everything orthogonal to the direction is kept."""
+
+    pure = True
+
+    direction: Any = None
+    mode: str = "project"
+
+    def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
+        if site.kind == "feature":
+            raise InterpError("Direction acts on a site's activation, not on SAE features",
+                              expected="a head, attn, mlp or resid site", seen=str(site),
+                              fix="use the SAE's host site, or ablate the features themselves")
+        if self.mode not in ("project", "mean"):
+            raise InterpError(f"unknown Direction mode {self.mode!r}", expected="'project' or 'mean'",
+                              seen=repr(self.mode), fix="pi.Direction(v) or pi.Direction(v, mode='mean')")
+        v = as_direction(subject, site, self.direction, "Direction")
+        u = v / v.norm()
+        level = 0.0
+        if self.mode == "mean":
+            acts = capture(subject, tokens, [site.unrestricted])[site.unrestricted]
+            n, seq = tokens.shape
+            covered = position_mask(site, torch.arange(n), n, seq, tokens.device, batch_lengths(tokens))
+            keep = real(tokens) if covered is None else real(tokens) & covered.expand(n, seq)
+            level = float((acts.float() @ u.to(acts.device))[keep.to(acts.device)].mean())
+
+        def fn(act: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            w = u.to(act.device)
+            along = act.float() @ w
+            return (act.float() - (along - level)[..., None] * w).to(act.dtype)
+        return fn
+
+    def describe(self) -> str:
+        return "project out a direction" if self.mode == "project" else "mean-ablate a direction"
 
 
 @dataclass(frozen=True, eq=False)
