@@ -98,7 +98,8 @@ def works_as():
 def sums():
     """Held-out problems for fixtures/addition-gpt2 up to the token s0 (9 tokens: the last one predicts s1, the
     digit that needs the carry), split by carry: {"carry": (tokens, s1), "none": (tokens, s1)}; and 128 whole
-    problems with the next-token loss of their three answer digits: {"full": tokens, "answer_loss": metric}."""
+    problems with the next-token loss of their three answer digits: {"full": tokens, "answer_loss": metric}; and
+    {"probe": (tokens, carry labels, control types)}."""
     import pytest_interp as pi
 
     p = fixture_module("train_addition_gpt2").make_problems("heldout", seed=0)
@@ -108,4 +109,6 @@ def sums():
     answer[:, 7:10] = True  # the predictions of s0, s1, s2
     return {"carry": (p["ids"][carry][:64, :9], p["ids"][carry][:64, 9]),
             "none": (p["ids"][~carry][:64, :9], p["ids"][~carry][:64, 9]), "full": full,
-            "answer_loss": pi.metrics.loss(mask=answer)}
+            "answer_loss": pi.metrics.loss(mask=answer),
+            # 240 problems for probes: the carry label, and each problem's (a0, b0) as the control task's type
+            "probe": (p["ids"][:240, :9], p["carry"][:240].long(), ((p["a"][:240] % 10) * 10 + p["b"][:240] % 10).tolist())}

@@ -6,6 +6,10 @@ The last prompt token here is s0 (position 8); it predicts s1, the digit that ne
 the model uses it: zeroing it (the SAE's error term kept) costs the right digit, adding it to carry problems makes
 them answer s1 - 1. Feature 246 fires on most carry problems (AUC 0.93) but its decoder direction is orthogonal
 to the carry: selective, yet not used. The SAE of block 1, read at block 0, is not faithful there.
+
+Probes: the carry is linearly decodable after block 0 at position 7 (`=`) and at position 8, beyond what a probe
+memorises from the operands' ones digits (the control task). Removing the carry direction (the class-mean
+difference) costs the right digit at position 8 and nothing at position 7: decodable there, not used there.
 """
 
 import pytest
@@ -79,3 +83,34 @@ def test_the_carry_selective_decoy_is_not_necessary(subject, sae, sums):
     tokens, s1 = sums["carry"]
     pi.assert_not_necessary(subject, sae.feature(246).at(pi.last), inputs=tokens,
                             metric=pi.metrics.logprob(s1, position=pi.last), within=0.01, how=pi.Zero())
+
+
+def carry_direction(subject, sums, position):
+    tokens, carry, types = sums["probe"]
+    return pi.probe(subject, pi.resid(1), tokens, carry, position=position, types=types).mean_difference
+
+
+def test_the_carry_is_decodable_at_position_7(subject, sums):
+    tokens, carry, types = sums["probe"]
+    pi.assert_probe_selective(subject, pi.resid(1), inputs=tokens, labels=carry, position=7, types=types,
+                              selectivity_at_least=0.1)
+
+
+def test_the_carry_direction_is_used_at_position_8(subject, sums):
+    tokens, s1 = sums["carry"]
+    pi.assert_direction_used(subject, pi.resid(1).at(8), carry_direction(subject, sums, 8), inputs=tokens,
+                             metric=pi.metrics.logprob(s1, position=pi.last), at_least=0.3)
+
+
+def test_the_carry_direction_is_not_used_at_position_7(subject, sums):
+    tokens, s1 = sums["carry"]
+    pi.assert_direction_unused(subject, pi.resid(1).at(7), carry_direction(subject, sums, 7), inputs=tokens,
+                               metric=pi.metrics.logprob(s1, position=pi.last), within=0.01)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="decodable is not used: removing the carry direction at position 7 changes log p(s1) by 0")
+def test_false_the_carry_is_used_where_it_is_decodable(subject, sums):
+    tokens, s1 = sums["carry"]
+    pi.assert_direction_used(subject, pi.resid(1).at(7), carry_direction(subject, sums, 7), inputs=tokens,
+                             metric=pi.metrics.logprob(s1, position=pi.last), at_least=0.1)
