@@ -1,7 +1,8 @@
 """Side-by-side benchmarks of pytest-interp against TransformerLens and nnsight (and plain HF hooks).
 
     python benchmarks/run.py            # everything available; peers need the [bench] extra
-    python benchmarks/run.py B1 B3      # a subset (B1-B6, L for the Llama GQA 32k rows, M for memory)
+    python benchmarks/run.py B1 B3      # a subset (B1-B6, L for the Llama GQA 32k rows, M for memory, F for SAE
+                                        # features)
 
 Prints one table with times, ratios, the machine, and the max abs difference of each peer's per-site effects
 from pytest-interp's. Model: GPT-2 small architecture (12 layers x 12 heads, d=768, vocabulary 50257) with
@@ -247,6 +248,31 @@ def llama_rows() -> list[tuple[str, str]]:
     return rows
 
 
+def feature_rows() -> list[tuple[str, str]]:
+    """F: the attribution screen over all 256 features of the addition fixture's block-0 SAE against exact
+    zero-ablation of each feature (64 problems, logit difference of s1 against s1 - 1 at the last position)."""
+    fixtures = HERE.parent / "fixtures"
+    sys.path.insert(0, str(fixtures))
+    from train_addition_gpt2 import make_problems
+
+    subject = pi.load(fixtures / "addition-gpt2")
+    sae = pi.load_sae(fixtures / "addition-gpt2" / "saes" / "blocks.0.hook_resid_post")
+    p = make_problems("heldout", seed=0)
+    tokens, s1 = p["ids"][:64, :9], p["ids"][:64, 9]
+    metric = pi.metrics.logit_diff(s1, torch.where(s1 == 1, torch.tensor(10), s1 - 1), position=pi.last)
+    pi.sweep(subject, [sae.feature(0).at(pi.last)], inputs=tokens, metric=metric, how=pi.Zero())  # warm-up
+    base = reset_peak()
+    t = time.perf_counter()
+    est = pi.attribution_sweep(subject, [sae.features().at(pi.last)], inputs=tokens, metric=metric, how=pi.Zero())
+    t_est = time.perf_counter() - t
+    t = time.perf_counter()
+    exact = pi.sweep(subject, [sae.feature(i).at(pi.last) for i in range(sae.d_sae)], inputs=tokens, metric=metric,
+                     how=pi.Zero())
+    t_exact = time.perf_counter() - t
+    return [("F feature screen (256 SAE features) vs exact feature ablation", f"{t_est:.2f} s vs {t_exact:.2f} s: "
+             f"{t_exact / t_est:.1f}x faster; Spearman {pi.rank_agreement(est, exact):.3f}; {peak_since(base)}")]
+
+
 def b6() -> list[tuple[str, str]]:
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", "--help"], capture_output=True,
                          text=True, cwd=tempfile.gettempdir())
@@ -270,7 +296,7 @@ class _Rows(list):
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "L", "M"}
+    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "L", "M", "F"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
@@ -348,6 +374,8 @@ def main(argv: list[str]) -> int:
         rows += llama_rows()
     if "M" in wanted:
         rows += memory(model_dir)
+    if "F" in wanted:
+        rows += feature_rows()
     if "B6" in wanted:
         rows += b6()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__} "

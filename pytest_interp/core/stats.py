@@ -91,6 +91,36 @@ def _at_least_two(values: np.ndarray) -> np.ndarray:
     return v
 
 
+_MEMO: dict[tuple[str, int, int, int], list[np.ndarray]] = {}
+_MEMO_CELLS = 4_000_000  # resampling draws kept for reuse, in all (32 MB); the sites of a sweep share them
+
+
+def _draws(kind: str, n: int, count: int, seed: int) -> list[np.ndarray]:
+    """Blocks of a seeded resampling matrix ``[count, n]``: bootstrap counts (how often each example is drawn)
+    or sign flips. The same (n, count, seed) gives the same draws, so they are memoised for the sites of a sweep."""
+    key = (kind, n, count, seed)
+    if key in _MEMO:
+        return _MEMO[key]
+    rng = np.random.default_rng(seed)
+    per = max(1, _BLOCK // max(n, 1))
+    blocks, done = [], 0
+    while done < count:
+        b = min(per, count - done)
+        if kind == "boot":
+            idx = rng.integers(0, n, size=(b, n))
+            c = np.zeros((b, n))
+            np.add.at(c, (np.repeat(np.arange(b), n), idx.ravel()), 1.0)
+            blocks.append(c)
+        else:
+            blocks.append(rng.choice((-1.0, 1.0), size=(b, n)))
+        done += b
+    if count * n <= _MEMO_CELLS:
+        while _MEMO and sum(b.size for v in _MEMO.values() for b in v) + count * n > _MEMO_CELLS:
+            _MEMO.pop(next(iter(_MEMO)))  # the oldest first
+        _MEMO[key] = blocks
+    return blocks
+
+
 def studentized(values: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray | None:
     """The sorted bootstrap distribution of the studentized mean ``(mean* - mean) / se*`` (examples resampled
     with replacement, seeded), or None when more than :data:`DEGENERATE_SHARE` of the resamples are nearly
@@ -99,22 +129,19 @@ def studentized(values: np.ndarray, *, n_boot: int, seed: int) -> np.ndarray | N
     v = _at_least_two(values)
     n = v.size
     m = float(v.mean())
+    c = v - m  # centred: the resampled variance E*[c^2] - (E*[c])^2 keeps its precision
     tol = 1e-12 * max(1.0, float(np.abs(v).max()))
     flat_below = FLAT * float(v.std(ddof=1)) / math.sqrt(n)
-    rng = np.random.default_rng(seed)
-    per = max(1, _BLOCK // n)
-    out, done, flat = [], 0, 0
-    while done < n_boot:
-        b = min(per, n_boot - done)
-        x = v[rng.integers(0, n, size=(b, n))]
-        d = x.mean(1) - m
-        se = x.std(1, ddof=1) / math.sqrt(n)
+    out, flat = [], 0
+    for counts in _draws("boot", n, n_boot, seed):
+        d = counts @ c / n
+        var = np.maximum(counts @ (c * c) / n - d * d, 0.0) * n / (n - 1)
+        se = np.sqrt(var / n)
         none = se <= tol
         flat += int((se <= flat_below).sum())
         with np.errstate(divide="ignore", invalid="ignore"):
             t = np.where(none, np.where(np.abs(d) <= tol, 0.0, np.sign(d) * np.inf), d / np.where(none, 1.0, se))
         out.append(t)
-        done += b
     if flat > DEGENERATE_SHARE * n_boot:
         return None
     return np.sort(np.concatenate(out))
@@ -234,15 +261,7 @@ def sign_flip_p(d: np.ndarray, *, n_perm: int, seed: int) -> float:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
         stats = np.abs(signs @ d / n)
         return float(np.mean(stats >= observed - tol))
-    rng = np.random.default_rng(seed)
-    count = 0
-    per = max(1, _BLOCK // n)
-    done = 0
-    while done < n_perm:
-        b = min(per, n_perm - done)
-        signs = rng.choice((-1.0, 1.0), size=(b, n))
-        count += int(np.sum(np.abs(signs @ d / n) >= observed - tol))
-        done += b
+    count = sum(int(np.sum(np.abs(signs @ d / n) >= observed - tol)) for signs in _draws("flip", n, n_perm, seed))
     return (count + 1) / (n_perm + 1)
 
 
@@ -301,12 +320,19 @@ class Effect:
                 "details": {k: v for k, v in self.details.items() if isinstance(v, (int, float, str))}}
 
 
-def mean_effect(values: np.ndarray, *, alpha: float, n_boot: int, n_perm: int, seed: int,
+def mean_effect(values: np.ndarray, *, alpha: float, n_boot: int, n_perm: int, seed: int, estimate: bool = False,
                 **what: Any) -> Effect:
     """An Effect whose statistic is the mean of per-example ``values``, with its studentized bootstrap
-    interval (:func:`mean_interval`)."""
+    interval (:func:`mean_interval`) and sign-flip p-value; Student's t interval and test for an ``estimate``
+    that ranks and never decides a claim (attribution screens: thousands of sites, where resampling would cost
+    more than the screen)."""
     check_stats(alpha=alpha, seed=seed, n_boot=n_boot, n_perm=n_perm)
     v = check_finite(values, f"{what.get('metric') or 'per-example'} value")
-    ci, how = mean_interval(v, alpha, n_boot=n_boot, seed=seed)
-    return Effect(mean=float(v.mean()), ci=ci, n=int(v.size), p_value=sign_flip_p(v, n_perm=n_perm, seed=seed),
+    if estimate:  # Student's t interval and two-sided t test
+        ci, how = t_interval(v, alpha), "t"
+        p = min(1.0, 2 * min(t_p_value(v, 0.0, greater=True), t_p_value(v, 0.0, greater=False)))
+    else:
+        ci, how = mean_interval(v, alpha, n_boot=n_boot, seed=seed)
+        p = sign_flip_p(v, n_perm=n_perm, seed=seed)
+    return Effect(mean=float(v.mean()), ci=ci, n=int(v.size), p_value=p,
                   values=v, alpha=alpha, n_boot=n_boot, seed=seed, ci_method=how, **what)

@@ -4,6 +4,7 @@ exact sweep confirms the top ones. An estimate ranks; it never decides a claim."
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 import numpy as np
@@ -27,7 +28,10 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
                       seed: int | None = None) -> Sweep:
     """Estimate each site's ablation damage (as :func:`pytest_interp.sweep` measures it) to first order:
     ``damage ~ -(replacement - activation) . d score / d activation`` (sign flipped for lower-is-better
-    metrics), for every site at once. Supports ``Mean()`` and ``Zero()``."""
+    metrics), for every site at once. Supports ``Mean()`` and ``Zero()``.
+
+    A set of SAE features (``sae.features()``: all of them) is screened in one hook and estimated feature by
+    feature: the result has one entry per feature, ``sae.feature(i)`` (with the set's positions)."""
     subject, metric = as_subject(subject), as_metric(metric)
     with subject.steady():  # one fingerprint for every site
         how = check_how(Mean() if how is None else how)
@@ -85,14 +89,26 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
                 mask = position_mask(s, rows, tokens.shape[0], a.shape[1], a.device)
                 if mask is not None:
                     delta = delta * mask[..., None]
-                est[s].append(to_np(sign * (delta * a.grad).sum((1, 2))))
+                if _per_feature(s):  # [rows, k]: each feature's own estimate
+                    est[s].append(to_np(sign * (delta * a.grad).sum(1)))
+                else:
+                    est[s].append(to_np(sign * (delta * a.grad).sum((1, 2))))
         st = stat_args(alpha, seed)
-        effects = {s: mean_effect(np.concatenate(est[s]), sites=(s,), method="attribution",
-                                  intervention=f"first-order estimate of {how.describe()}",
-                                  metric=metric.name,
-                                  higher_is_better=metric.higher_is_better, model=subject.identity(), **st)
-                   for s in sites_t}
+        effects = {}
+        for s in sites_t:
+            values = np.concatenate(est[s])
+            parts = ([(dataclasses.replace(s, index=f, features=(f,)), values[:, j]) for j, f in enumerate(s.features)]
+                     if _per_feature(s) else [(s, values)])
+            for site, v in parts:
+                effects[site] = mean_effect(v, sites=(site,), method="attribution", estimate=True,
+                                            intervention=f"first-order estimate of {how.describe()}",
+                                            metric=metric.name, higher_is_better=metric.higher_is_better,
+                                            model=subject.identity(), **st)
         return Sweep(effects, f"attribution screen: {how.describe()}, estimated damage to {metric.name}")
+
+
+def _per_feature(site: Site) -> bool:
+    return site.kind == "feature" and len(site.features) > 1
 
 
 def rank_agreement(estimate: Sweep, exact: Sweep) -> float:

@@ -328,3 +328,17 @@ def test_a_dictionary_learning_ae_pt_converts(tmp_path, kind):
     assert sae.site == pi.resid(2) and sae.architecture == kind
     assert torch.allclose(sae.encode(x), expected, atol=1e-5)
     assert torch.allclose(sae.decode(expected), expected @ dec_w.T + bias, atol=1e-5)
+
+
+def test_the_feature_screen_ranks_like_exact_ablation(addition, problems):
+    sae = pi.load_sae(SAE0)
+    tokens = torch.cat([problems["none"][0][:32], problems["carry"][0][:32]])
+    s1 = torch.cat([problems["none"][1][:32], problems["carry"][1][:32]])
+    wrong = torch.where(s1 == 1, torch.tensor(10), s1 - 1)
+    metric = pi.metrics.logit_diff(s1, wrong, position=pi.last)
+    est = pi.attribution_sweep(addition, [sae.features(range(64)).at(pi.last)], inputs=tokens, metric=metric,
+                               how=pi.Zero())
+    assert len(est) == 64 and sae.feature(5).at(pi.last) in est
+    exact = pi.sweep(addition, [sae.feature(i).at(pi.last) for i in range(64)], inputs=tokens, metric=metric,
+                     how=pi.Zero())
+    assert pi.rank_agreement(est, exact) > 0.8

@@ -143,3 +143,14 @@ def test_holm_and_bh_adjustments():
     assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
     assert holm([]) == [] and benjamini_hochberg([0.2]) == [0.2]
+
+
+def test_studentized_draws_equal_direct_resampling():
+    # the counts-matrix computation (shared by the sites of a sweep) is the plain bootstrap of the studentized mean
+    from pytest_interp.core.stats import studentized
+
+    v = np.random.default_rng(2).gamma(0.7, 1.0, 20)
+    rng = np.random.default_rng(5)
+    x = v[rng.integers(0, 20, size=(3000, 20))]
+    direct = np.sort((x.mean(1) - v.mean()) / (x.std(1, ddof=1) / np.sqrt(20)))
+    assert np.allclose(studentized(v, n_boot=3000, seed=5), direct, rtol=1e-9, atol=1e-9)
