@@ -90,4 +90,5 @@ def assert_feature_selective(subject: Subject, feature: Site, *, positive: Any, 
     subject, site = as_subject(subject), _feature(feature)
     eff = selectivity(subject, site, positive=positive, negative=negative, position=position, alpha=alpha, seed=seed)
     return decide(f"{describe(eff.sites)} is selective for the positive class (AUC >= {t:g})", eff, eff.ci[0] >= t,
-                  "lower CI bound >= threshold", f"AUC >= {t:g}", kind="feature_selective", bounds=(t,))
+                  "lower CI bound >= threshold", f"AUC >= {t:g}", _fidelity_lines(subject, site.sae, positive),
+                  kind="feature_selective", bounds=(t,))

@@ -186,6 +186,17 @@ def test_fidelity_and_the_faithfulness_claim(addition, problems):
     assert pi.sae_fidelity(addition, other, tokens).recovered.ci[1] < 0.9
 
 
+def test_an_sae_of_another_model_is_not_faithful(induction):
+    # the addition model's block-0 SAE has the width of induction-llama's residual stream (64), so it loads there
+    # and runs, and recovers little of what zero-ablating the site costs
+    data = pi.repeated_tokens(induction, n=32, seed=0, layout="halves")
+    foreign = pi.load_sae(SAE0)
+    fid = pi.sae_fidelity(induction, foreign, data.tokens)
+    assert fid.recovered.ci[1] < 0.5 and fid.explained_variance < 0.5
+    with pytest.raises(pi.ClaimFailed, match="is faithful"):
+        pi.assert_sae_faithful(induction, foreign, inputs=data.tokens, ce_recovered_at_least=0.8)
+
+
 def test_feature_claims_hold_and_fail(addition, problems):
     sae = pi.load_sae(SAE0)
     f = sae.feature(137).at(pi.last)
