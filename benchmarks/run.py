@@ -174,8 +174,10 @@ def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":"))
 open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
 base = status("VmRSS")
+import time
+t = time.perf_counter()
 pi.sweep(subject, inputs=tokens, metric=pi.metrics.loss())
-print(base, status("VmHWM"))
+print(base, status("VmHWM"), time.perf_counter() - t)
 """
 
 
@@ -194,10 +196,11 @@ def memory(model_dir: Path) -> list[tuple[str, str]]:
             code = MEMORY.format(here=str(HERE), model=str(directory), inputs=inputs, prelude=prelude)
             env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-            base, peak = (int(x) / 2**20 for x in out.stdout.split())  # KiB
+            base_kib, peak_kib, secs = out.stdout.split()
+            base, peak = int(base_kib) / 2**20, int(peak_kib) / 2**20
             rows.append((f"M {tag} sweep memory ({env_label})", f"+{peak - base:.2f} GiB above the loaded model "
                          f"({base:.2f} GiB; peak {peak:.2f} GiB); weights {weights:.2f} GiB: the sweep adds "
-                         f"{(peak - base) / weights:.2f}x the weights"))
+                         f"{(peak - base) / weights:.2f}x the weights; the sweep took {float(secs):.1f} s"))
     return rows
 
 
