@@ -158,21 +158,21 @@ def _fit_score(x: torch.Tensor, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
     xt = x[torch.as_tensor(tr)].double()
     mu, sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
     z = (xt - mu) / sd
-    w = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+    w = torch.zeros(x.shape[1], len(classes), dtype=torch.float64)
+    b = torch.zeros(len(classes), dtype=torch.float64)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=300, line_search_fn="strong_wolfe")
-    target = yi[torch.as_tensor(tr)]
+    onehot = torch.nn.functional.one_hot(yi[torch.as_tensor(tr)], len(classes)).double()
 
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ w + b, target) + l2 * (w ** 2).sum()
-        loss.backward()
-        return loss
+        # the cross-entropy and its gradient in closed form: (softmax - onehot) / n, plus the L2 term
+        logits = z @ w + b
+        err = (logits.softmax(-1) - onehot) / len(z)
+        w.grad, b.grad = z.T @ err + 2 * l2 * w, err.sum(0)
+        return -(logits.log_softmax(-1) * onehot).sum() / len(z) + l2 * (w ** 2).sum()
 
-    with torch.enable_grad():
-        opt.step(closure)
-    w_orig = (w.detach() / sd[:, None])
-    b_orig = b.detach() - (mu / sd) @ w.detach()
+    opt.step(closure)
+    w_orig = w / sd[:, None]
+    b_orig = b - (mu / sd) @ w
     pred = (x[torch.as_tensor(te)].double() @ w_orig + b_orig).argmax(-1)
     correct = (pred == yi[torch.as_tensor(te)]).double().numpy()
     return correct, w_orig.float(), b_orig.float()
