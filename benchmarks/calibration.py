@@ -1,7 +1,7 @@
 """Calibration of pytest-interp's verdicts on a shipped model: false-positive rates, interval coverage, the
 family-wise error of assert_only, and power, over many independent trials (a fresh random batch per trial).
 
-    python benchmarks/calibration.py                 # 1000 trials per n in 8, 16, 32, 128 (about 40 minutes)
+    python benchmarks/calibration.py                 # 1000 trials per n in 8, 16, 32, 128 (about an hour on 2 threads)
     python benchmarks/calibration.py --trials 200    # a quicker look
 
 Model: fixtures/induction-llama; inputs: BOS + A + A repeated-segment sequences (``layout="halves"``); metric:

@@ -1,10 +1,11 @@
 """Families of claims decided together with family-wise error control: "only these sites are necessary".
 
 Each site in the family is one statement: a named site is necessary (damage >= ``at_least``), every other site
-is not (damage within ``[-within, within]``, an equivalence test). Each statement gets its one-sided Student t
-p-value (for an equivalence, the larger of its two one-sided p-values), Holm's step-down adjustment over the whole
-family, and holds when its adjusted p-value is <= alpha / 2: for a single site that is exactly the single claims'
-rule (the lower end of the two-sided 1 - alpha interval clears the threshold). The family holds when every
+is not (damage within ``[-within, within]``, an equivalence test). Each statement gets its one-sided p-value from
+the studentized bootstrap the intervals use (for an equivalence, the larger of its two one-sided p-values),
+Holm's step-down adjustment over the whole family, and holds when its adjusted p-value is <= alpha / 2: for a
+single site that is the single claims' rule (the end of the two-sided 1 - alpha interval clears the threshold),
+up to one resample. The family holds when every
 statement holds, so the chance that a family containing a false statement passes is at most alpha / 2.
 """
 
