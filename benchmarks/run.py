@@ -58,7 +58,7 @@ CLAIMS = '''
 import pytest, torch
 import pytest_interp as pi
 
-TOKENS = torch.randint(0, 50257, (8, 16), generator=torch.Generator().manual_seed(0))
+TOKENS = torch.randint(0, 50257, (16, 16), generator=torch.Generator().manual_seed(0))  # claims need 16
 
 @pytest.mark.parametrize("layer,head", [(0, 0), (3, 5), (6, 1), (9, 7), (11, 11)])
 def test_head_not_necessary(subject, layer, head):
@@ -87,7 +87,9 @@ def _claims_time(project: Path, args: list[str], model_dir: Path | None) -> tupl
            f"--interp-json={report}", *args]
     if model_dir is not None:
         cmd.append(f"--interp-model={model_dir}")
-    subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    if not report.exists():
+        raise RuntimeError(f"the claims run wrote no report (exit {out.returncode}):\n{out.stdout[-3000:]}")
     import xml.etree.ElementTree as ET
 
     total = sum(float(tc.get("time", 0)) for tc in ET.parse(junit).getroot().iter("testcase"))
