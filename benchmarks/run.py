@@ -121,9 +121,9 @@ def b3(model_dir: Path) -> list[tuple[str, str]]:
 
 
 def b5(subject: pi.Subject) -> list[tuple[str, str]]:
-    """Small-batch regime (1 prompt of 16 tokens): all-heads sweep with interventions packed into shared forward
-    passes (the default) vs one forward pass per site (batch size 1: no packing)."""
-    one = make_model.make_inputs(n=1)
+    """Small-batch regime (2 prompts of 16 tokens; an interval needs 2): all-heads sweep with interventions
+    packed into shared forward passes (the default) vs one forward pass per site (batch size 1: no packing)."""
+    one = make_model.make_inputs(n=2)
     metric = pi.metrics.loss()
     how = pi.Mean(reference=make_model.make_inputs())  # the mean over one prompt would be the prompt itself
     pi.sweep(subject, [pi.head(0, 0)], inputs=one, metric=metric, how=how)  # warm-up
@@ -139,7 +139,7 @@ def b5(subject: pi.Subject) -> list[tuple[str, str]]:
     finally:
         pi.configure(batch_size=batch_size)
     diff = max(abs(packed[s].mean - single[s].mean) for s in packed)
-    return [("B5 all heads, 1 prompt x 16 tokens: packed vs one forward per site",
+    return [("B5 all heads, 2 prompts x 16 tokens: packed vs one forward per site",
              f"{t_packed:.2f} s vs {t_single:.2f} s: packing gains {t_single / t_packed:.2f}x; max |diff| {diff:.1e}")]
 
 
