@@ -185,7 +185,7 @@ def _install_features(subject: Subject, site: Site, transform: Callable[[Any], A
     sae, idx = site.sae, list(site.features)
 
     def via(x: Any) -> Any:
-        acts = sae.encode(x)[..., idx]
+        acts = sae.encode(x, idx)  # only the features edited (a sweep has one hook per feature)
         new = transform(acts)
         if new is None:
             return None

@@ -87,19 +87,27 @@ class SAE:
             self._on[key] = {n: getattr(self, n).to(device) for n in names if getattr(self, n) is not None}
         return self._on[key]
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature activations ``[..., d_sae]`` (float32) of site activations ``x [..., d_in]``."""
+    def encode(self, x: torch.Tensor, features: list[int] | None = None) -> torch.Tensor:
+        """Feature activations ``[..., d_sae]`` (float32) of site activations ``x [..., d_in]``; with
+        ``features``, only theirs ``[..., len(features)]`` (a top-k SAE still ranks every feature)."""
         w = self._weights(x.device)
         x = x.float()
         if self.apply_b_dec_to_input:
             x = x - w["b_dec"]
+        if features is not None and self.architecture != "topk":
+            pre = x @ w["W_enc"][:, features] + w["b_enc"][features]
+            if self.architecture == "jumprelu":
+                return pre * (pre > w["threshold"][features])
+            return pre.relu()
         pre = x @ w["W_enc"] + w["b_enc"]
         if self.architecture == "jumprelu":
-            return pre * (pre > w["threshold"])
-        if self.architecture == "topk":
+            acts = pre * (pre > w["threshold"])
+        elif self.architecture == "topk":
             top = pre.topk(self.k or 1, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-        return pre.relu()
+            acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        else:
+            acts = pre.relu()
+        return acts if features is None else acts[..., features]
 
     def decode(self, acts: torch.Tensor) -> torch.Tensor:
         """The reconstruction ``acts @ W_dec + b_dec`` (float32)."""

@@ -260,6 +260,9 @@ def test_jumprelu_topk_and_flat_configs(tmp_path):
     got = topk.encode(x)
     assert topk.site == pi.attn(0) and bool(((got > 0).sum(-1) <= 3).all())
     assert torch.allclose(got.max(-1).values, pre.max(-1).values.relu())
+    for sae in (jump, topk, pi.load_sae(SAE0)):  # encoding only some features gives their full-encoding values
+        xs = x if sae.d_in == 64 else x[:, :sae.d_in]
+        assert torch.allclose(sae.encode(xs, [3, 7, 1]), sae.encode(xs)[..., [3, 7, 1]], atol=1e-6)
     flat = pi.load_sae(_write(tmp_path / "f", {"hook_point": "blocks.0.attn.hook_z", "hook_point_head_index": 2,
                                                "d_in": 64, "d_sae": 32}, w))
     assert flat.site == pi.head(0, 2)
