@@ -125,7 +125,11 @@ class SAE:
 
     def features(self, indices: Any = None) -> Site:
         """A set of features as one site (all of them when ``indices`` is None)."""
-        idx = tuple(range(self.d_sae)) if indices is None else tuple(int(i) for i in indices)
+        try:
+            idx = tuple(range(self.d_sae)) if indices is None else tuple(int(i) for i in indices)
+        except (TypeError, ValueError):
+            raise InterpError("feature indices must be ints", expected="e.g. sae.features([3, 17])",
+                              seen=repr(indices), fix="pass a list of feature numbers") from None
         bad = [i for i in idx if not 0 <= i < self.d_sae]
         if not idx or bad:
             raise InterpError("feature index out of range" if bad else "no features given",

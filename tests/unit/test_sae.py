@@ -292,6 +292,9 @@ def test_bad_saes_get_clear_errors(tmp_path, addition, problems):
     with pytest.raises(pi.InterpError) as err:
         sae.feature(256)
     check(err, "out of range", "0..255")
+    with pytest.raises(pi.InterpError) as err:
+        sae.features(["a"])
+    check(err, "must be ints")
     wide = pi.load_sae(_write(tmp_path / "wide", ok, _weights(d_in=32)))
     with pytest.raises(pi.InterpError) as err:
         pi.ablate(addition, wide.feature(0), inputs=problems["full"], metric=pi.metrics.loss(), how=pi.Zero())
