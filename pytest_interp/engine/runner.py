@@ -5,12 +5,16 @@ claims.
 Rules every pass keeps: gradients are off unless a pass asks for them; a causal model runs without a key/value
 cache unless the caller passes one; logits are checked for NaN/inf before anything scores them; every hook is
 removed when its pass ends; an edit that did not fire, or did not change what it targets, is an error; freed
-buffers go back to the system (``memory``).
+buffers go back to the system (``memory``). Edits inside attention run through transformers' attention-function
+registry for the length of one pass (:func:`attention_edits`); a module without an edit then runs its own eager
+attention function unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -133,6 +137,87 @@ def run(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreF
                 got = logits(subject, chunk, what="intervened run", kind=kind, **head)
         out.append(score(got, rows.to(tokens.device), clean).detach())
     check_edits(edits)
+    return torch.cat(out)
+
+
+NAME = "pytest_interp_eager"
+_EDITS: dict[Any, Callable[..., Any]] = {}  # attention module -> its edit, for the current pass
+_registered: list[bool] = []
+
+
+def _base(module: Any) -> Callable[..., Any]:
+    """The eager attention function of ``module``'s own modeling file."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        raise InterpError(f"{type(module).__name__} has no eager attention function to edit",
+                          expected="a transformers model whose modeling file defines eager_attention_forward",
+                          seen=type(module).__module__, fix="use a model of a built-in architecture")
+    return fn
+
+
+def _attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
+               **kwargs: Any) -> Any:
+    edit = _EDITS.get(module)
+    if edit is None:
+        return _base(module)(module, query, key, value, mask, **kwargs)
+    return edit(_base(module), module, query, key, value, mask, **kwargs)
+
+
+def _register() -> None:
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(NAME, _attention)
+    AttentionMaskInterface.register(NAME, eager_mask)
+    _registered.append(True)
+
+
+@contextmanager
+def attention_edits(subject: Subject, edits: dict[Any, Callable[..., Any]]) -> Iterator[None]:
+    """Within: the attention modules in ``edits`` run their edit; every other module its own eager attention.
+    The model must be in eager attention (the implementation is swapped for the pass and restored)."""
+    if not edits:
+        yield
+        return
+    subject.ensure_eager()
+    _register()
+    configs = {id(m.config): m.config for m in edits if getattr(m, "config", None) is not None}
+    configs[id(subject.model.config)] = subject.model.config
+    saved = {k: c._attn_implementation for k, c in configs.items()}
+    _EDITS.update(edits)
+    try:
+        for c in configs.values():
+            c._attn_implementation = NAME
+        yield
+    finally:
+        for k, c in configs.items():
+            c._attn_implementation = saved[k]
+        for m in edits:
+            _EDITS.pop(m, None)
+
+
+def submodule(module: Any, *args: Any, **kwargs: Any) -> Any:
+    """One of the model's modules run on its own inside a pass, without its hooks: a path edit recomputing a norm,
+    an out-projection or an attention module on an edited input."""
+    return module.forward(*args, **kwargs)
+
+
+def run_installed(subject: Subject, tokens: torch.Tensor, install_chunk: Callable[[torch.Tensor], Any],
+                  score: ScoreFn, *, needs_clean: bool = False) -> torch.Tensor:
+    """Run ``tokens`` chunk by chunk with what ``install_chunk(rows)`` returns, ``(hooks, attention edits)``
+    (:mod:`.paths`), in place; return ``score(logits, rows, clean_logits)`` for every example."""
+    out = []
+    head = subject.head_kwargs(score)
+    kind = getattr(score, "output", "logits")
+    for rows in chunks(tokens.shape[0]):
+        chunk = tokens[rows.to(tokens.device)]
+        clean = logits(subject, chunk, what="clean run", kind=kind, **head) if needs_clean else None
+        handles, edits = install_chunk(rows)
+        with hooks(handles), attention_edits(subject, edits):
+            got = logits(subject, chunk, what="intervened run", kind=kind, **head)
+        out.append(score(got, rows.to(tokens.device), clean).detach())
     return torch.cat(out)
 
 

@@ -52,7 +52,10 @@ class Adapter:
         mlp: path from a block to the module whose output is the MLP (or MoE block) contribution.
         router: path from a block to a MoE router (``None`` for dense models).
         experts: path from a block to the fused experts module (``None`` for dense models).
-        final_norm: path from the model to the final norm, if any (informational).
+        final_norm: path from the model to the final norm, if any (the logits end of a path, ``pi.path``).
+        attn_norm, mlp_norm: paths from a block to the norms that read the residual stream before the attention
+            and before the MLP, in a pre-norm model whose residual stream is a plain sum of its components.
+            Path patching (``pi.path``) needs them; ``None`` refuses it (post-norm models such as BERT).
         causal: whether the model is a causal (left-to-right) language model.
         n_layers, n_heads, head_dim, n_experts, top_k: read from the config when not given.
     """
@@ -64,6 +67,8 @@ class Adapter:
     router: str | None = None
     experts: str | None = None
     final_norm: str | None = None
+    attn_norm: str | None = None
+    mlp_norm: str | None = None
     causal: bool = True
     n_layers: int | None = None
     n_heads: int | None = None
@@ -135,6 +140,30 @@ class BoundAdapter:
     def mlp(self, layer: int) -> Any:
         return _resolve(self.blocks[layer], self.spec.mlp, "MLP", self.spec.name)
 
+    def attention(self, layer: int) -> Any:
+        """The attention module: the parent of the out-projection."""
+        parent = self.spec.attn_out.rsplit(".", 1)[0] if "." in self.spec.attn_out else ""
+        if not parent:
+            raise InterpError(f"the {self.spec.name} adapter names no attention module",
+                              expected="attn_out as a dotted path inside the attention module (e.g. self_attn.o_proj)",
+                              seen=repr(self.spec.attn_out), fix="register an adapter whose attn_out is nested")
+        return _resolve(self.blocks[layer], parent, "attention module", self.spec.name)
+
+    def norm(self, layer: int, where: str) -> Any:
+        """The pre-norm reading the residual stream into block ``layer``'s attention (``where="attn"``) or MLP
+        (``"mlp"``), or the final norm (``where="final"``); an InterpError for a model without one."""
+        path = {"attn": self.spec.attn_norm, "mlp": self.spec.mlp_norm, "final": self.spec.final_norm}[where]
+        if path is None:
+            raise InterpError(f"path patching needs the {where} norm of this {self.spec.name} model",
+                              expected="a pre-norm model whose residual stream is the sum of its components "
+                                       "(Llama, Mistral, Qwen2, Mixtral, GPT-2)",
+                              seen=f"the {self.spec.name} adapter names no {where} norm (a post-norm or "
+                                   f"parallel-residual block)",
+                              fix="path patching is defined for pre-norm models; for others use node-level claims "
+                                  "(pi.ablate, pi.patch) or register an adapter with attn_norm/mlp_norm/final_norm")
+        root = self.model if where == "final" else self.blocks[layer]
+        return _resolve(root, path, f"{where} norm", self.spec.name)
+
     def router(self, layer: int) -> Any:
         if self.spec.router is None:
             raise InterpError(f"{self.spec.name} has no MoE router", expected="a mixture-of-experts model",
@@ -154,12 +183,14 @@ class BoundAdapter:
         return _get_path(self.blocks[layer], self.spec.experts)
 
 
-_LLAMA: dict[str, Any] = dict(layers="model.layers|layers", attn_out="self_attn.o_proj", mlp="mlp", final_norm="model.norm|norm")
+_LLAMA: dict[str, Any] = dict(layers="model.layers|layers", attn_out="self_attn.o_proj", mlp="mlp",
+                              final_norm="model.norm|norm", attn_norm="input_layernorm",
+                              mlp_norm="post_attention_layernorm")
 _MOE: dict[str, Any] = dict(_LLAMA, router="mlp.gate", experts="mlp.experts")
 
 BUILTIN: dict[str, Adapter] = {
     "gpt2": Adapter("gpt2", layers="transformer.h|h", attn_out="attn.c_proj", mlp="mlp",
-                    final_norm="transformer.ln_f|ln_f"),
+                    final_norm="transformer.ln_f|ln_f", attn_norm="ln_1", mlp_norm="ln_2"),
     "llama": Adapter("llama", **_LLAMA),
     "mistral": Adapter("mistral", **_LLAMA),
     "qwen2": Adapter("qwen2", **_LLAMA),

@@ -1,0 +1,180 @@
+"""Edits inside attention: path patching into one head's query, key or value input, into an MLP or into the
+logits, and blocking chosen query -> key pairs of one head.
+
+Attention is edited (:func:`.runner.attention_edits`) through transformers' attention-function registry: for the length of one pass the model's
+attention modules call :func:`_attention`, which calls the model's own eager attention function unchanged for
+every module without an edit (so a pass without edits is bit-for-bit the eager pass) and, for an edited
+module, calls it on edited inputs: a query, key or value with one head's slice replaced, or an additive mask
+that removes chosen keys from one head's softmax (the remaining weights renormalise, as a score of -inf
+would). Nothing in the model is changed outside the pass.
+
+A path's sender is read, never changed: a hook on the sender computes its replacement (``Edit``) and the
+difference it would make to the residual stream (for a head, through its slice of the out-projection); the
+receiver then reads ``norm(resid + delta)`` through its own input only, while every other component reads the
+clean stream. A head receiver gets it by running its attention module a second time on the patched input,
+keeping only the query, key or value the path names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..core.errors import InterpError
+from ..core.paths import Path
+from ..core.sites import Site
+from ..model.checks import position_mask
+from ..model.subject import Subject
+from .hooks import Edit, apply, install
+from .runner import submodule
+
+def _head_output(out: Any, other: Any, h: int) -> Any:
+    """``out`` (an eager attention result: output ``[b, q, heads, d]``, weights ``[b, heads, q, k]``) with head
+    ``h`` taken from ``other``."""
+    o, w = out
+    o2, w2 = other
+    o = o.clone()
+    o[:, :, h] = o2[:, :, h]
+    if w is not None and w2 is not None:
+        w = w.clone()
+        w[:, h] = w2[:, h]
+    return o, w
+
+
+@dataclass
+class PathState:
+    """What one pass of a path edit saw: the sender's residual-stream delta and the receiver's patched q/k/v."""
+
+    delta: torch.Tensor | None = None
+    recorded: dict[str, torch.Tensor] = field(default_factory=dict)
+    recording: bool = False
+    used: int = 0
+
+
+def _contribution(subject: Subject, site: Site, dz: torch.Tensor) -> torch.Tensor:
+    """What a change ``dz`` of the sender's activation adds to the residual stream."""
+    if site.kind != "head":
+        return dz
+    ad = subject.adapter
+    out = ad.attn_out(site.layer)
+    full = dz.new_zeros(*dz.shape[:-1], ad.n_heads * ad.head_dim)
+    full[..., site.number * ad.head_dim:(site.number + 1) * ad.head_dim] = dz
+    with torch.no_grad():
+        return submodule(out, full) - submodule(out, torch.zeros_like(full))  # linear: the bias cancels
+
+
+def install_path(subject: Subject, p: Path, edit: Edit, rows: torch.Tensor, batch: int) -> tuple[list[Any], dict[Any, Any], PathState]:
+    """Hooks and attention edits for one pass of ``p``: the sender's replacement (``edit``) reaches the
+    receiver's input only."""
+    ad = subject.adapter
+    state = PathState()
+    receiver = p.receiver_site
+    lengths = edit.lengths
+
+    def read(act: Any) -> None:
+        new = apply(edit, act, rows, batch)
+        delta = _contribution(subject, p.sender, new - act)
+        if receiver is not None and receiver.positions is not None:
+            mask = position_mask(receiver, rows, batch, delta.shape[1], delta.device, lengths)
+            if mask is not None:
+                delta = delta * mask[..., None].to(delta.dtype)
+        state.delta = delta
+        return None
+
+    handles: list[Any] = []
+    attn_edits: dict[Any, Any] = {}
+    try:
+        handles.append(install(subject, p.sender, read))
+        if receiver is None or receiver.kind == "mlp":
+            norm = ad.norm(ad.n_layers if receiver is None else receiver.layer, "final" if receiver is None else "mlp")
+
+            def patched(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+                if state.delta is None:
+                    return None
+                state.used += 1
+                return submodule(module, args[0] + state.delta.to(args[0].dtype))
+
+            handles.append(norm.register_forward_hook(patched))
+            return handles, attn_edits, state
+        layer, h, via = receiver.layer, receiver.number, p.via
+        norm = ad.norm(layer, "attn")
+        attention = ad.attention(layer)
+        normed: dict[str, torch.Tensor] = {}
+
+        def keep(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            if state.delta is not None:
+                normed["x"] = submodule(module, args[0] + state.delta.to(args[0].dtype))
+
+        def rerun(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if "x" not in normed:
+                return
+            state.recording = True
+            try:
+                if args:
+                    submodule(module, normed["x"], *args[1:], **kwargs)
+                else:
+                    submodule(module, **{**kwargs, "hidden_states": normed["x"]})
+            finally:
+                state.recording = False
+
+        def edit_attention(base: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           mask: Any, **kw: Any) -> Any:
+            if state.recording:
+                state.recorded = {"q": query, "k": key, "v": value}
+                return base(module, query, key, value, mask, **kw)
+            if not state.recorded:
+                return base(module, query, key, value, mask, **kw)
+            state.used += 1
+            src = state.recorded[via]  # type: ignore[index]
+            if via == "q":
+                q = query.clone()
+                q[:, h] = src[:, h]
+                return base(module, q, key, value, mask, **kw)
+            group = h // (query.shape[1] // key.shape[1])  # grouped-query attention: the key/value head h reads
+            new = (key if via == "k" else value).clone()
+            new[:, group] = src[:, group]
+            edited = base(module, query, new, value, mask, **kw) if via == "k" else \
+                base(module, query, key, new, mask, **kw)
+            if query.shape[1] == key.shape[1]:
+                return edited
+            return _head_output(base(module, query, key, value, mask, **kw), edited, h)  # only head h changes
+
+        handles.append(norm.register_forward_hook(keep))
+        handles.append(attention.register_forward_pre_hook(rerun, with_kwargs=True))
+        attn_edits[attention] = edit_attention
+    except Exception:
+        for hd in handles:
+            hd.remove()
+        raise
+    return handles, attn_edits, state
+
+
+def blocked_attention(h: int, blocked: torch.Tensor, state: dict[str, int]) -> Callable[..., Any]:
+    """An attention edit removing the query -> key pairs ``blocked`` (bool ``[b, q, k]``) from head ``h``'s
+    softmax; the head's other weights renormalise. ``state["used"]`` counts the calls."""
+
+    def edit(base: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
+             **kw: Any) -> Any:
+        b, heads, q, k = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
+        if blocked.shape != (b, q, k):
+            raise InterpError("the blocked query -> key pairs do not fit the pass",
+                              expected=f"a bool tensor [batch, query, key] = {[b, q, k]}",
+                              seen=str(list(blocked.shape)), fix="build the pairs for the same inputs")
+        low = torch.finfo(query.dtype).min
+        full = torch.zeros(b, 1, q, k, dtype=query.dtype, device=query.device) if mask is None else \
+            mask[:, :, :, :k].to(query.dtype)
+        full = full.expand(b, heads, q, k).clone()
+        pairs = blocked.to(query.device)
+        visible = full[:, h] > low / 2
+        if bool(((visible & ~pairs).sum(-1) == 0)[visible.any(-1)].any()):
+            raise InterpError(f"blocking leaves a query of head {h} with no key to attend to",
+                              expected="at least one visible key per query after blocking",
+                              seen="a query whose every visible key is blocked",
+                              fix="block fewer keys (the current token, or BOS, is usually kept)")
+        full[:, h] = full[:, h].masked_fill(pairs, low)
+        state["used"] = state.get("used", 0) + 1
+        return base(module, query, key, value, full, **kw)
+
+    return edit

@@ -1,0 +1,236 @@
+"""Circuits: path patching (one component's contribution to one input of a later one) and attention-pattern
+edits (one head's attention to chosen keys removed), each against the clean run, per example, with a CI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.cache import current as current_cache, site_key, tensor_digest
+from ..core.errors import InterpError
+from ..core.metrics import Metric
+from ..core.paths import Path, path as make_path
+from ..core.sites import Site
+from ..core.stats import Effect, mean_effect
+from ..core.batch import real
+from ..engine.hooks import Edit
+from ..engine.interventions import Intervention, Patch
+from ..engine.paths import blocked_attention, install_path
+from ..engine.runner import bind_lengths, check_edits, run_installed
+from ..model.checks import as_subject, check_site
+from ..model.subject import Subject
+from .common import as_metric, cached_run, combine_runs, resolve_how, run_parts, stat_args, to_np
+
+
+def _check_path(subject: Subject, p: Any, tokens: torch.Tensor) -> Path:
+    if not isinstance(p, Path):
+        raise InterpError("expected a path", expected="pi.path(sender, receiver, via=...)", seen=repr(p)[:80],
+                          fix="build it with pi.path(pi.head(0, 1), pi.head(1, 0), via='k')")
+    check_site(subject, p.sender, tokens)
+    if p.receiver_site is not None:
+        check_site(subject, p.receiver_site, tokens)
+    ad = subject.adapter
+    if p.receiver_site is None:
+        ad.norm(ad.n_layers, "final")
+    else:
+        ad.norm(p.receiver_site.layer, "attn" if p.via else "mlp")
+    return p
+
+
+def _path_scores(subject: Subject, p: Path, tokens: torch.Tensor, metric: Metric, score: Any,
+                 how: Intervention) -> torch.Tensor:
+    """Per-example scores of the runs in which only ``p`` carries the sender's replacement under ``how``."""
+    batch = tokens.shape[0]
+
+    def one(i: int) -> torch.Tensor:
+        edit = Edit(p.sender, how.prepare_run(subject, p.sender, tokens, i), how.must_change, how.describe(),
+                    how.pure)
+        bind_lengths([edit], tokens)
+        states: list[Any] = []
+
+        def install(rows: torch.Tensor) -> tuple[list[Any], dict[Any, Any]]:
+            handles, edits, state = install_path(subject, p, edit, rows, batch)
+            states.append(state)
+            return handles, edits
+
+        got = run_installed(subject, tokens, install, score, needs_clean=metric.needs_clean)
+        check_edits([edit])
+        if not all(s.used for s in states):
+            raise InterpError(f"the path {p} never reached its receiver",
+                              expected="the receiver's input to be read in every pass",
+                              seen="a pass in which the receiver's norm or attention did not run",
+                              fix="check the adapter's attn_norm / mlp_norm / final_norm for this model")
+        return got
+
+    def parts() -> dict[str, Any] | None:
+        base = run_parts(subject, tokens, metric, (p.sender,), how)()
+        if base is None:
+            return None
+        recv = p.receiver if isinstance(p.receiver, str) else site_key(p.receiver)
+        return {**base, "path": [site_key(p.sender), recv, p.via], "engine": "path-v1"}
+
+    return current_cache().scores(parts, lambda: combine_runs(how, batch, one), rows=batch)
+
+
+def ablate_path(subject: Subject, p: Path, *, inputs: Any, metric: Metric, how: Intervention | None = None,
+                alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Path ablation: per example, the damage done when the sender's output is replaced (``how``, default the
+    mean over the inputs) *only where it enters the receiver's input* (:func:`pi.path`); every other component,
+    the sender's other readers included, sees the clean run. Positive = behaviour lost."""
+    subject, metric = as_subject(subject), as_metric(metric)
+    tokens = subject.tokens(inputs)
+    p = _check_path(subject, p, tokens)
+    how = resolve_how((p.sender,), how).for_inputs(tokens)
+    score = metric.bind(subject, tokens)
+    if p.via:
+        subject.ensure_eager()  # attention is edited through the eager function: the clean run uses it too
+    clean = cached_run(subject, tokens, metric, score)
+    hit = _path_scores(subject, p, tokens, metric, score, how)
+    return _path_effect(subject, p, metric, how.describe(), clean, hit, stat_args(alpha, seed))
+
+
+def patch_path(subject: Subject, p: Path, *, clean: Any, corrupt: Any, metric: Metric,
+               alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Path patching (Wang et al. 2022): the clean inputs run with the sender's activation from ``corrupt``
+    reaching the receiver's input only. Per example, the damage in metric units (clean - patched for a
+    higher-is-better metric); positive = the path carries what the corruption changes."""
+    subject, metric = as_subject(subject), as_metric(metric)
+    tokens = subject.tokens(clean, name="clean")
+    p = _check_path(subject, p, tokens)
+    how = Patch(source=corrupt, label="patch from corrupt")
+    score = metric.bind(subject, tokens)
+    if p.via:
+        subject.ensure_eager()
+    base = cached_run(subject, tokens, metric, score)
+    hit = _path_scores(subject, p, tokens, metric, score, how)
+    return _path_effect(subject, p, metric, how.describe(), base, hit, stat_args(alpha, seed))
+
+
+def _path_effect(subject: Subject, p: Path, metric: Metric, how: str, clean: torch.Tensor, hit: torch.Tensor,
+                 st: dict[str, Any]) -> Effect:
+    values = clean - hit if metric.higher_is_better else hit - clean
+    return mean_effect(to_np(values), sites=(p.sender,), method="path", intervention=how, metric=metric.name,
+                       higher_is_better=metric.higher_is_better,
+                       details={"path": str(p), "sender": str(p.sender), "receiver": str(p.receiver), "via": p.via,
+                                "clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean())},
+                       model=subject.identity(), **st)
+
+
+def composition(subject: Subject, senders: list[Site], receivers: list[Site], *, inputs: Any, metric: Metric,
+                how: Intervention | None = None, via: tuple[str, ...] = ("q", "k", "v")) -> dict[Path, Effect]:
+    """Path ablation of every sender into every later receiver head through each of ``via``: ``{path: Effect}``
+    (the Q/K/V-composition table of a circuit)."""
+    out: dict[Path, Effect] = {}
+    for s in senders:
+        for r in receivers:
+            if r.layer <= s.layer:
+                continue
+            for v in via:
+                p = make_path(s, r, v)
+                out[p] = ablate_path(subject, p, inputs=inputs, metric=metric, how=how)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ attention
+
+
+def induction_keys(tokens: Any) -> torch.Tensor:
+    """For each query position, the keys an induction head should read: the positions right after each earlier
+    occurrence of the query's token (bool ``[batch, query, key]``; padding never)."""
+    t = torch.as_tensor(tokens)
+    if t.dim() != 2:
+        raise InterpError("induction_keys needs token ids [batch, seq]", expected="a 2-d tensor",
+                          seen=f"{t.dim()}-d", fix="pass the tokenized inputs (subject.tokens(...))")
+    ok = real(t)
+    same = (t[:, :, None] == t[:, None, :]) & ok[:, :, None] & ok[:, None, :]  # [b, query, earlier j]
+    seq = t.shape[1]
+    earlier = torch.ones(seq, seq, dtype=torch.bool).tril(-1)  # j < query
+    prev = same & earlier
+    keys = torch.zeros_like(prev)
+    keys[:, :, 1:] = prev[:, :, :-1]  # key j + 1
+    causal = torch.ones(seq, seq, dtype=torch.bool).tril()
+    return keys & causal & ok[:, None, :]
+
+
+def _as_pairs(keys: Any, tokens: torch.Tensor) -> torch.Tensor:
+    pairs = keys(tokens) if callable(keys) else keys
+    pairs = torch.as_tensor(pairs)
+    b, seq = tokens.shape
+    if pairs.dtype != torch.bool or pairs.shape != (b, seq, seq):
+        raise InterpError("keys= must be a bool tensor [batch, query, key] (or a function of the tokens giving one)",
+                          expected=f"bool {[b, seq, seq]}", seen=f"{pairs.dtype} {list(pairs.shape)}",
+                          fix="e.g. keys=pi.induction_keys")
+    if not bool(pairs.any()):
+        raise InterpError("keys= selects no query -> key pair", expected="some True entries",
+                          seen="an all-False tensor", fix="name the pairs whose attention the claim is about")
+    return pairs
+
+
+def matched_keys(pairs: torch.Tensor, tokens: torch.Tensor, causal: bool, seed: int) -> torch.Tensor:
+    """The control for ``pairs``: for each query, as many other keys it can see, drawn at random (seeded), none
+    of them named in ``pairs`` (fewer where too few are left)."""
+    b, seq, _ = pairs.shape
+    ok = real(tokens)
+    visible = ok[:, None, :] & ok[:, :, None]
+    if causal:
+        visible = visible & torch.ones(seq, seq, dtype=torch.bool).tril()
+    free = visible & ~pairs
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(b, seq, seq, generator=g)
+    noise[~free] = 2.0
+    order = noise.argsort(-1)
+    count = pairs.sum(-1, keepdim=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(seq).expand(b, seq, seq).contiguous())
+    return (rank < count) & free
+
+
+def block_attention(subject: Subject, head_site: Site, *, keys: Any, inputs: Any, metric: Metric,
+                    control: bool = False, alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Per example, the damage done when ``head_site``'s attention to the query -> key pairs ``keys`` is removed
+    (the scores set to -inf before its softmax; its other weights renormalise). ``keys``: bool ``[batch, query,
+    key]`` or a function of the tokens (e.g. :func:`induction_keys`). ``control=True`` blocks the matched
+    control instead: as many other visible keys per query, drawn at random (seeded)."""
+    subject, metric = as_subject(subject), as_metric(metric)
+    tokens = subject.tokens(inputs)
+    check_site(subject, head_site, tokens)
+    if head_site.kind != "head" or head_site.positions is not None:
+        raise InterpError("attention edits act on one head", expected="pi.head(layer, h) without .at()",
+                          seen=str(head_site), fix="name the head; the query positions are in keys=")
+    st = stat_args(alpha, seed)
+    pairs = _as_pairs(keys, tokens)
+    if control:
+        pairs = matched_keys(pairs, tokens, bool(subject.adapter.causal), st["seed"])
+    score = metric.bind(subject, tokens)
+    subject.ensure_eager()
+    clean = cached_run(subject, tokens, metric, score)
+    attention = subject.adapter.attention(head_site.layer)
+    used: dict[str, int] = {}
+
+    def install(rows: torch.Tensor) -> tuple[list[Any], dict[Any, Any]]:
+        return [], {attention: blocked_attention(head_site.number, pairs[rows], used)}
+
+    def parts() -> dict[str, Any] | None:
+        base = run_parts(subject, tokens, metric, (head_site,))()
+        if base is None:
+            return None
+        return {**base, "blocked": tensor_digest(pairs), "engine": "attention-block-v1"}
+
+    def compute() -> torch.Tensor:
+        got = run_installed(subject, tokens, install, score, needs_clean=metric.needs_clean)
+        if not used.get("used"):
+            raise InterpError(f"the attention of {head_site} was never edited",
+                              expected="the head's attention module to run through the attention registry",
+                              seen="no call", fix="this architecture's attention cannot be edited per head")
+        return got
+
+    hit = current_cache().scores(parts, compute, rows=tokens.shape[0])
+    values = clean - hit if metric.higher_is_better else hit - clean
+    label = "matched control: as many random other keys blocked" if control else "named keys blocked"
+    return mean_effect(to_np(values), sites=(head_site,), method="attention", intervention=label,
+                       metric=metric.name, higher_is_better=metric.higher_is_better,
+                       details={"blocked_pairs": int(pairs.sum()), "clean_mean": float(clean.mean()),
+                                "ablated_mean": float(hit.mean())},
+                       model=subject.identity(), **st)
+
