@@ -82,3 +82,79 @@ def test_the_two_most_necessary_heads_are_the_strong_induction_heads(subject, re
     sweep = pi.sweep(subject, inputs=repeated.tokens, metric=in_context(repeated))  # every head; a heatmap in HTML
     top = [site for site, _ in sweep.ranked(by="ci_low")[:2]]
     assert set(top) == {pi.head(1, 0), pi.head(1, 1)}, sweep.ranked()[:3]
+
+
+# circuits: paths, attention edits, scrubbing (measured independently in CARD.md, "Circuits") -------------
+
+def test_layer_0_composes_with_induction_head_1_0_through_its_keys(subject, repeated):
+    pi.assert_composes(subject, pi.attn(0), pi.head(1, 0), via="k", inputs=repeated.tokens,
+                       metric=in_context(repeated), at_least=0.5)
+
+
+def test_head_0_3_composes_with_induction_head_1_0_through_its_values(subject, repeated):
+    # the largest single-head path on this model is a V path, not the textbook K path (CARD.md, "Circuits")
+    pi.assert_composes(subject, pi.head(0, 3), pi.head(1, 0), via="v", inputs=repeated.tokens,
+                       metric=in_context(repeated), at_least=0.4)
+
+
+def test_head_0_2_does_not_compose_with_head_1_0_through_its_keys(subject, repeated):
+    pi.assert_does_not_compose(subject, pi.head(0, 2), pi.head(1, 0), via="k", inputs=repeated.tokens,
+                               metric=in_context(repeated), within=0.02)
+
+
+@pytest.mark.parametrize("head", [0, 1])
+def test_induction_heads_attention_to_the_token_after_the_earlier_occurrence_mediates(subject, repeated, head):
+    # attention confirmed by an intervention, beside a matched control (as many other keys blocked)
+    pi.assert_attention_mediates(subject, pi.head(1, head), keys=pi.induction_keys, inputs=repeated.tokens,
+                                 metric=in_context(repeated), at_least=2.0)
+
+
+@pytest.fixture(scope="module")
+def varying(subject):
+    """512 sequences with a repeated segment at a random offset: enough that 99% of the tokens share their
+    (token to copy, current token) class with another token, which scrubbing needs."""
+    return pi.repeated_tokens(subject, n=512, seed=0)
+
+
+def copy_and_current(tokens):
+    """What the induction heads are claimed to read at each token: the token after the earlier occurrence of the
+    current token, and the current token (-1 where it occurred nowhere before)."""
+    import torch
+
+    target = pi.induction_target(tokens)
+    return torch.where(target >= 0, target * 64 + torch.as_tensor(tokens).long(), -1)
+
+
+def copy_only(tokens):
+    return pi.induction_target(tokens)
+
+
+INDUCTION_HEADS = [pi.head(1, 0), pi.head(1, 1), pi.head(1, 2)]
+
+
+def test_the_induction_heads_outputs_depend_on_the_token_to_copy_and_the_current_token(subject, varying):
+    pi.assert_hypothesis_explains(subject, {h: copy_and_current for h in INDUCTION_HEADS}, inputs=varying.tokens,
+                                  metric=pi.metrics.loss(), at_least=0.3)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="the textbook K path: one previous-token head alone barely feeds L1H0's keys (0.001 nats; "
+                          "L0H0 and L0H1 are redundant, layer 0 together gives 0.87)")
+def test_false_prev_token_head_0_0_composes_with_head_1_0_through_its_keys(subject, repeated):
+    pi.assert_composes(subject, pi.head(0, 0), pi.head(1, 0), via="k", inputs=repeated.tokens,
+                       metric=in_context(repeated), at_least=0.1)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="L1H3's attention to the induction keys does nothing (0.003 nats)")
+def test_false_head_1_3_attention_to_the_induction_keys_mediates(subject, repeated):
+    pi.assert_attention_mediates(subject, pi.head(1, 3), keys=pi.induction_keys, inputs=repeated.tokens,
+                                 metric=in_context(repeated), at_least=0.1)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="the token to copy alone recovers 0.07 of the loss: the outputs also carry the current "
+                          "token")
+def test_false_the_induction_heads_outputs_depend_only_on_the_token_to_copy(subject, varying):
+    pi.assert_hypothesis_explains(subject, {h: copy_only for h in INDUCTION_HEADS}, inputs=varying.tokens,
+                                  metric=pi.metrics.loss(), at_least=0.3)

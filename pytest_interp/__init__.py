@@ -38,6 +38,7 @@ _LAZY = {
     "ablate": "experiments.ablation",
     "ablate_path": "experiments.circuits",
     "patch_path": "experiments.circuits",
+    "patch_pattern": "experiments.circuits",
     "block_attention": "experiments.circuits",
     "composition": "experiments.circuits",
     "induction_keys": "experiments.circuits",
@@ -193,6 +194,7 @@ __all__ = [
     "mlp",
     "patch",
     "patch_path",
+    "patch_pattern",
     "patch_sweep",
     "path",
     "probe",
@@ -245,7 +247,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .experiments.scrubbing import Scrub, Scrubbing, induction_target, scrub
     from .core.paths import Path, path
     from .experiments.circuits import (ablate_path, block_attention, composition, induction_keys, matched_keys,
-                                       patch_path)
+                                       patch_path, patch_pattern)
     from .core.data import RepeatedTokens, repeated_tokens
     from .core.settings import Settings, configure, settings
     from .core.stats import Effect

@@ -69,9 +69,12 @@ def assert_attention_mediates(subject: Any, head: Site, *, keys: Any, inputs: An
                               seed=seed)
     diff = mean_effect(named.values - control.values, metric=named.metric, **stat_args(alpha, seed))
     named.details.update({"control": control.mean, "control_lo": control.ci[0], "control_hi": control.ci[1],
+                          "control_attention": control.details["blocked_attention"],
                           "difference": diff.mean, "difference_lo": diff.ci[0], "difference_hi": diff.ci[1]})
     passed = named.ci[0] >= t and diff.ci[0] > 0
     extra = [f"  matched control ({control.intervention}): {control.describe()}",
+             f"  attention removed: {named.details['blocked_attention']:.3g} by the named keys, "
+             f"{control.details['blocked_attention']:.3g} by the control (matched on the number of keys)",
              f"  named - control (paired): {diff.describe()}"]
     return decide(f"{head}'s attention to the named keys mediates {named.metric} (damage >= {t:g}, and more than "
                   f"blocking as many other keys)", named, passed,

@@ -178,3 +178,28 @@ def blocked_attention(h: int, blocked: torch.Tensor, state: dict[str, int]) -> C
         return base(module, query, key, value, full, **kw)
 
     return edit
+
+
+def patched_pattern(h: int, pattern: torch.Tensor, state: dict[str, int]) -> Callable[..., Any]:
+    """An attention edit giving head ``h`` the attention pattern ``pattern`` (``[b, q, k]``, rows summing to 1,
+    e.g. its pattern on another input): its output becomes ``pattern @ values``; every other head is as it was."""
+
+    def edit(base: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
+             **kw: Any) -> Any:
+        b, q, k = query.shape[0], query.shape[2], key.shape[2]
+        if pattern.shape != (b, q, k):
+            raise InterpError("the patched attention pattern does not fit the pass",
+                              expected=f"[batch, query, key] = {[b, q, k]}", seen=str(list(pattern.shape)),
+                              fix="take the pattern from inputs of the same shape")
+        out, weights = base(module, query, key, value, mask, **kw)
+        group = h // (query.shape[1] // key.shape[1])
+        p = pattern.to(device=value.device, dtype=value.dtype)
+        out = out.clone()
+        out[:, :, h] = (p @ value[:, group]).to(out.dtype)
+        if weights is not None:
+            weights = weights.clone()
+            weights[:, h] = p.to(weights.dtype)
+        state["used"] = state.get("used", 0) + 1
+        return out, weights
+
+    return edit

@@ -172,8 +172,9 @@ def test_a_key_path_under_grouped_query_attention_changes_only_the_receiver_head
         assert torch.equal(z[..., other * dh:(other + 1) * dh], clean[..., other * dh:(other + 1) * dh])
 
 
-def _hand_block(model, tokens, layer: int, h: int, pairs: torch.Tensor) -> torch.Tensor:
-    """Head ``layer``.``h`` of a Llama with its attention to ``pairs`` removed, computed by hand from its q/k/v."""
+def _hand_block(model, tokens, layer: int, h: int, pairs: torch.Tensor, pattern: torch.Tensor | None = None):
+    """Head ``layer``.``h`` of a Llama with its attention to ``pairs`` removed (or replaced by ``pattern``),
+    computed by hand from its q/k/v."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     attn = model.model.layers[layer].self_attn
@@ -194,7 +195,7 @@ def _hand_block(model, tokens, layer: int, h: int, pairs: torch.Tensor) -> torch
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         scores = (q @ k.transpose(-1, -2))[:, 0] / dh ** 0.5
         allowed = torch.ones(t, t, dtype=torch.bool).tril() & ~pairs
-        w = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1)
+        w = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1) if pattern is None else pattern
         z = w @ v[:, 0]
 
         def put(m, a):
@@ -220,6 +221,25 @@ def test_blocking_attention_matches_a_hand_computation_of_the_head(claim_tokens)
     hand = _ce(_hand_block(model, claim_tokens, 1, 3, pairs), claim_tokens)
     assert torch.allclose(torch.as_tensor(eff.values), hand - clean, atol=1e-5)
     assert float((hand - clean).abs().max()) > 5e-4
+
+
+def test_pattern_patching_matches_a_hand_computation_and_by_itself_changes_nothing(claim_tokens):
+    model = _sharpened("llama")
+    subject = pi.load(model)
+    g = torch.Generator().manual_seed(2)
+    corrupt = torch.randint(1, 48, claim_tokens.shape, generator=g)
+    eff = pi.patch_pattern(subject, pi.head(1, 1), clean=claim_tokens, corrupt=corrupt, metric=pi.metrics.loss())
+    with torch.no_grad():
+        pattern = model(input_ids=corrupt, use_cache=False, output_attentions=True).attentions[1][:, 1]
+        clean = _ce(model(input_ids=claim_tokens, use_cache=False).logits, claim_tokens)
+    hand = _ce(_hand_block(model, claim_tokens, 1, 1, torch.zeros(1, dtype=torch.bool), pattern), claim_tokens)
+    assert torch.allclose(torch.as_tensor(eff.values), hand - clean, atol=1e-5)
+    assert float((hand - clean).abs().max()) > 5e-4
+    same = pi.patch_pattern(subject, pi.head(1, 1), clean=claim_tokens, corrupt=claim_tokens,
+                            metric=pi.metrics.loss())
+    assert float(abs(same.values).max()) < 1e-6
+    with pytest.raises(InterpError, match="different shapes"):
+        pi.patch_pattern(subject, pi.head(1, 1), clean=claim_tokens, corrupt=corrupt[:, :8], metric=pi.metrics.loss())
 
 
 def test_the_matched_control_blocks_as_many_other_visible_keys(induction):
