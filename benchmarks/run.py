@@ -2,7 +2,7 @@
 
     python benchmarks/run.py            # everything available; peers need the [bench] extra
     python benchmarks/run.py B1 B3      # a subset (B1-B6, L for the Llama GQA 32k rows, M for memory, F for SAE
-                                        # features)
+                                        # features, E for the edge screen)
 
 Prints one table with times, ratios, the machine, and the max abs difference of each peer's per-site effects
 from pytest-interp's. Model: GPT-2 small architecture (12 layers x 12 heads, d=768, vocabulary 50257) with
@@ -293,6 +293,30 @@ def feature_rows() -> list[tuple[str, str]]:
              f"{t_exact / t_est:.1f}x faster; Spearman {pi.rank_agreement(est, exact):.3f}; {peak_since(base)}")]
 
 
+def edge_rows() -> list[tuple[str, str]]:
+    """E: the edge screen (one forward and one backward pass) against exact path ablation of every layer-0 head
+    into every layer-1 head through q, k and v (48 paths) on fixtures/induction-llama; 128 sequences BOS + A + A,
+    in-context loss."""
+    subject = pi.load(HERE.parent / "fixtures" / "induction-llama")
+    data = pi.repeated_tokens(subject, n=128, seed=0, layout="halves")
+    metric = pi.metrics.loss(mask=data.second_half)
+    senders, receivers = [pi.head(0, h) for h in range(4)], [pi.head(1, h) for h in range(4)]
+    pi.ablate_path(subject, pi.path(senders[0], receivers[0], via="q"), inputs=data.tokens, metric=metric)  # warm-up
+    rows = []
+    base = reset_peak()
+    t = time.perf_counter()
+    exact = pi.composition(subject, senders, receivers, inputs=data.tokens, metric=metric)
+    t_exact = time.perf_counter() - t
+    for steps in (1, 8):
+        t = time.perf_counter()
+        est = pi.edge_screen(subject, senders, receivers, inputs=data.tokens, metric=metric, steps=steps)
+        t_est = time.perf_counter() - t
+        rows.append((f"E edge screen (steps={steps}) vs exact path ablation, 48 paths", f"{t_est:.2f} s vs "
+                     f"{t_exact:.2f} s: {t_exact / t_est:.1f}x faster; Spearman {pi.rank_agreement(est, exact):.3f}; "
+                     f"{peak_since(base)}"))
+    return rows
+
+
 def b6() -> list[tuple[str, str]]:
     out = subprocess.run([sys.executable, "-X", "importtime", "-m", "pytest", "--help"], capture_output=True,
                          text=True, cwd=tempfile.gettempdir())
@@ -316,7 +340,7 @@ class _Rows(list):
 
 
 def main(argv: list[str]) -> int:
-    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "L", "M", "F"}
+    wanted = set(argv) or {"B1", "B2", "B2L", "B3", "B4", "B5", "B6", "L", "M", "F", "E"}
     torch.set_num_threads(2)
     model_dir = make_model.build_model()
     tokens = make_model.make_inputs()
@@ -396,6 +420,8 @@ def main(argv: list[str]) -> int:
         rows += memory(model_dir)
     if "F" in wanted:
         rows += feature_rows()
+    if "E" in wanted:
+        rows += edge_rows()
     if "B6" in wanted:
         rows += b6()
     if os.environ.get("PI_BENCH_CHILD") == "1":  # a fresh process run for some rows: hand them back

@@ -41,6 +41,7 @@ _LAZY = {
     "patch_pattern": "experiments.circuits",
     "block_attention": "experiments.circuits",
     "composition": "experiments.circuits",
+    "edge_screen": "experiments.circuits",
     "induction_keys": "experiments.circuits",
     "matched_keys": "experiments.circuits",
     "Path": "core.paths",
@@ -173,6 +174,7 @@ __all__ = [
     "attribution_sweep",
     "block_attention",
     "composition",
+    "edge_screen",
     "configure",
     "embeddings",
     "expert",
@@ -246,8 +248,8 @@ if TYPE_CHECKING:  # pragma: no cover
                                      assert_hypothesis_explains)
     from .experiments.scrubbing import Scrub, Scrubbing, induction_target, scrub
     from .core.paths import Path, path
-    from .experiments.circuits import (ablate_path, block_attention, composition, induction_keys, matched_keys,
-                                       patch_path, patch_pattern)
+    from .experiments.circuits import (ablate_path, block_attention, composition, edge_screen, induction_keys,
+                                       matched_keys, patch_path, patch_pattern)
     from .core.data import RepeatedTokens, repeated_tokens
     from .core.settings import Settings, configure, settings
     from .core.stats import Effect

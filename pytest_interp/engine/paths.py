@@ -28,7 +28,7 @@ from ..core.sites import Site
 from ..model.checks import position_mask
 from ..model.subject import Subject
 from .hooks import Edit, apply, install
-from .runner import submodule
+from .runner import attention_edits, submodule
 
 def _head_output(out: Any, other: Any, h: int) -> Any:
     """``out`` (an eager attention result: output ``[b, q, heads, d]``, weights ``[b, heads, q, k]``) with head
@@ -53,7 +53,7 @@ class PathState:
     used: int = 0
 
 
-def _contribution(subject: Subject, site: Site, dz: torch.Tensor) -> torch.Tensor:
+def contribution(subject: Subject, site: Site, dz: torch.Tensor) -> torch.Tensor:
     """What a change ``dz`` of the sender's activation adds to the residual stream."""
     if site.kind != "head":
         return dz
@@ -75,7 +75,7 @@ def install_path(subject: Subject, p: Path, edit: Edit, rows: torch.Tensor, batc
 
     def read(act: Any) -> None:
         new = apply(edit, act, rows, batch)
-        delta = _contribution(subject, p.sender, new - act)
+        delta = contribution(subject, p.sender, new - act)
         if receiver is not None and receiver.positions is not None:
             mask = position_mask(receiver, rows, batch, delta.shape[1], delta.device, lengths)
             if mask is not None:
@@ -203,3 +203,60 @@ def patched_pattern(h: int, pattern: torch.Tensor, state: dict[str, int]) -> Cal
         return out, weights
 
     return edit
+
+
+def leaf_attention(store: dict[str, torch.Tensor]) -> Callable[..., Any]:
+    """An attention edit for a gradient pass: the module's query, key and value become leaves (kept in ``store``)
+    so the backward pass gives the metric's gradient with respect to each head's q, k and v."""
+
+    def edit(base: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
+             **kw: Any) -> Any:
+        q, k, v = (x.detach().requires_grad_(True) for x in (query, key, value))
+        store.update(q=q, k=k, v=v)
+        return base(module, q, k, v, mask, **kw)
+
+    return edit
+
+
+class ReceiverInputs:
+    """What a layer's attention reads in one pass (its residual-stream input and call arguments), so that its
+    queries, keys and values can be recomputed from ``norm(resid + delta)`` for any ``delta``."""
+
+    def __init__(self, subject: Subject, layer: int) -> None:
+        self.subject, self.layer = subject, layer
+        self.norm = subject.adapter.norm(layer, "attn")
+        self.attention = subject.adapter.attention(layer)
+        self.resid: torch.Tensor | None = None
+        self.call: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def hooks(self) -> list[Any]:
+        def resid(module: Any, args: tuple[Any, ...]) -> None:
+            self.resid = args[0].detach()
+
+        def call(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self.call = (args, kwargs)
+
+        return [self.norm.register_forward_pre_hook(resid),
+                self.attention.register_forward_pre_hook(call, with_kwargs=True)]
+
+    def qkv(self, delta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The layer's query, key and value (as its attention function receives them) from ``resid + delta``."""
+        if self.resid is None or self.call is None:
+            raise InterpError(f"layer {self.layer}'s attention inputs were not read", expected="a pass first",
+                              seen="none", fix="install hooks() and run a pass")
+        args, kwargs = self.call
+        got: dict[str, torch.Tensor] = {}
+
+        def record(base: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
+                   **kw: Any) -> Any:
+            got.update(q=query, k=key, v=value)
+            return base(module, query, key, value, mask, **kw)
+
+        with torch.no_grad(), attention_edits(self.subject, {self.attention: record}):
+            x = submodule(self.norm, self.resid + delta.to(self.resid.dtype))
+            kw = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+            if args:
+                submodule(self.attention, x, *args[1:], **kw)
+            else:
+                submodule(self.attention, **{**kw, "hidden_states": x})
+        return got

@@ -11,16 +11,22 @@ from ..core.cache import current as current_cache, site_key, tensor_digest
 from ..core.errors import InterpError
 from ..core.metrics import Metric
 from ..core.paths import Path, path as make_path
-from ..core.sites import Site
+from ..core.sites import Site, head as head_site_of
+from ..model.checks import position_mask
 from ..core.stats import Effect, mean_effect
 from ..core.batch import real
 from ..engine.hooks import Edit
 from ..engine.interventions import Intervention, Patch
-from ..engine.paths import blocked_attention, install_path, patched_pattern
-from ..engine.runner import attentions, bind_lengths, check_edits, run_installed
+from ..engine.hooks import hooks, install
+from ..engine.interventions import Mean, Zero, check_how
+from ..engine.paths import (ReceiverInputs, blocked_attention, contribution, install_path, leaf_attention,
+                            patched_pattern)
+from ..engine.runner import (attention_edits, attentions, backward, bind_lengths, check_edits, chunks,
+                             run_installed)
 from ..model.checks import as_subject, check_site
 from ..model.subject import Subject
 from .common import as_metric, cached_run, combine_runs, resolve_how, run_parts, stat_args, to_np
+from .sweeps import Sweep
 
 
 def _check_path(subject: Subject, p: Any, tokens: torch.Tensor) -> Path:
@@ -118,9 +124,9 @@ def _path_effect(subject: Subject, p: Path, metric: Metric, how: str, clean: tor
 
 
 def composition(subject: Subject, senders: list[Site], receivers: list[Site], *, inputs: Any, metric: Metric,
-                how: Intervention | None = None, via: tuple[str, ...] = ("q", "k", "v")) -> dict[Path, Effect]:
-    """Path ablation of every sender into every later receiver head through each of ``via``: ``{path: Effect}``
-    (the Q/K/V-composition table of a circuit)."""
+                how: Intervention | None = None, via: tuple[str, ...] = ("q", "k", "v")) -> Sweep:
+    """Path ablation of every sender into every later receiver head through each of ``via``: ``result[path]``
+    is its Effect (the Q/K/V-composition table of a circuit)."""
     out: dict[Path, Effect] = {}
     for s in senders:
         for r in receivers:
@@ -129,7 +135,7 @@ def composition(subject: Subject, senders: list[Site], receivers: list[Site], *,
             for v in via:
                 p = make_path(s, r, v)
                 out[p] = ablate_path(subject, p, inputs=inputs, metric=metric, how=how)
-    return out
+    return Sweep(out, f"path ablation: {how.describe() if how is not None else 'mean'}")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -283,3 +289,122 @@ def patch_pattern(subject: Subject, head_site: Site, *, clean: Any, corrupt: Any
                        higher_is_better=metric.higher_is_better,
                        details={"clean_mean": float(base.mean()), "patched_mean": float(hit.mean())},
                        model=subject.identity(), **st)
+
+
+def edge_screen(subject: Subject, senders: list[Site] | None = None, receivers: list[Site] | None = None, *,
+                inputs: Any, metric: Metric, how: Intervention | None = None, via: tuple[str, ...] = ("q", "k", "v"),
+                steps: int = 1, alpha: float | None = None, seed: int | None = None) -> Sweep:
+    """Estimate every path's ablation damage (as :func:`ablate_path` measures it) to first order in the
+    receiver's input, from one forward and one backward pass per batch: ``damage ~ grad . (x' - x)``, where
+    ``x`` is the receiver head's query, key or value and ``x'`` the same recomputed from ``norm(resid + delta)``
+    with the sender's change ``delta`` (edge attribution patching, as the head screen does for nodes). Default
+    senders: every head below the last layer; receivers: every head above the first. Ranks edges for the exact
+    path ablation to confirm; never decides a claim (Student-t intervals). Keys of the result are
+    :class:`Path` objects.
+
+    ``steps > 1`` averages the gradient over that many points between the clean run and the run with every
+    sender replaced (integrated gradients along the senders' replacement, as EAP-IG does along the input); each
+    step costs one forward and one backward pass."""
+    subject, metric = as_subject(subject), as_metric(metric)
+    how = check_how(Mean() if how is None else how)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InterpError("steps must be a positive int", expected="1 (plain gradients) or more (integrated)",
+                          seen=repr(steps), fix="e.g. steps=5")
+    if not isinstance(how, (Mean, Zero)):
+        raise InterpError("the edge screen needs a deterministic replacement", expected="pi.Mean() or pi.Zero()",
+                          seen=how.describe(), fix="screen with Mean or Zero, then confirm with pi.ablate_path")
+    if metric.needs_clean:
+        raise InterpError(f"metric {metric.name} has no useful gradient at the clean run", expected="loss, logprob "
+                          "or logit_diff", seen=metric.name, fix="screen with pi.metrics.loss() or logprob(answer)")
+    tokens = subject.tokens(inputs)
+    n_layers, n_heads = subject.n_layers, subject.n_heads
+    senders = senders if senders is not None else [head_site_of(lay, h) for lay in range(n_layers - 1)
+                                                   for h in range(n_heads)]
+    receivers = receivers if receivers is not None else [head_site_of(lay, h) for lay in range(1, n_layers)
+                                                         for h in range(n_heads)]
+    paths = [make_path(s, r, v) for s in senders for r in receivers if r.layer > s.layer for v in via]
+    if not paths:
+        raise InterpError("no path between the senders and receivers", expected="a receiver above a sender",
+                          seen=f"{len(senders)} senders, {len(receivers)} receivers", fix="widen the layers")
+    for p in paths:
+        _check_path(subject, p, tokens)
+    if any(v in ("k", "v") for v in via):
+        ad = subject.adapter
+        kv = getattr(subject.model.config, "num_key_value_heads", None) or ad.n_heads
+        if kv != ad.n_heads:
+            raise InterpError("the edge screen cannot separate one head's keys or values under grouped-query "
+                              "attention", expected="via=('q',) on this model, or the exact pi.ablate_path",
+                              seen=f"{ad.n_heads} query heads share {kv} key/value heads",
+                              fix="screen via=('q',) and measure k/v paths exactly")
+    how = how.for_inputs(tokens)
+    subject.ensure_eager()
+    weights = how.weights(tokens.shape[0])
+    replace = {s: [how.prepare_run(subject, s, tokens, i) for i in range(len(weights))] for s in senders}
+    score = metric.bind(subject, tokens)
+    sign = -1.0 if metric.higher_is_better else 1.0
+    layers = sorted({r.layer for r in receivers})
+    est: dict[Path, list[torch.Tensor]] = {p: [] for p in paths}
+    alphas = [0.0] if steps == 1 else [(i + 0.5) / steps for i in range(steps)]
+    for rows in chunks(tokens.shape[0]):
+        chunk = tokens[rows.to(tokens.device)]
+        dev_rows = rows.to(tokens.device)
+        inputs_at = {lay: ReceiverInputs(subject, lay) for lay in layers}
+        acts: dict[Site, torch.Tensor] = {}
+        handles: list[Any] = []
+        for lay in layers:
+            handles += inputs_at[lay].hooks()
+        for s in senders:
+            def read(act: torch.Tensor, s: Site = s) -> None:
+                acts[s] = act.detach()
+            handles.append(install(subject, s, read))
+        with hooks(handles):
+            run_installed(subject, chunk, lambda r: ([], {}), lambda logits, r, c: logits[:, :0, 0])
+        deltas: dict[Site, torch.Tensor] = {}
+        for s in senders:
+            a = acts[s]
+            delta = sum(w * (fn(a, rows) - a) for w, fn in zip(weights, replace[s]))
+            mask = position_mask(s, rows, tokens.shape[0], a.shape[1], a.device)
+            deltas[s] = delta if mask is None else delta * mask[..., None]
+        grads: dict[int, dict[str, torch.Tensor]] = {}
+        clean_x: dict[int, dict[str, torch.Tensor]] = {}
+        for k, alpha_i in enumerate(alphas):  # gradients at the clean run, or along the way to the replacements
+            stores: dict[int, dict[str, torch.Tensor]] = {lay: {} for lay in layers}
+            moved = []
+            if alpha_i:
+                for s in senders:
+                    def move(act: torch.Tensor, s: Site = s, a: float = alpha_i) -> torch.Tensor:
+                        return acts[s].to(act.dtype) + a * deltas[s].to(act.dtype)
+                    moved.append(install(subject, s, move))
+            edits = {inputs_at[lay].attention: leaf_attention(stores[lay]) for lay in layers}
+            with attention_edits(subject, edits):
+                backward(subject, chunk, moved, lambda logits: score(logits, dev_rows).sum())
+            for lay in layers:
+                for name in ("q", "k", "v"):
+                    g = stores[lay][name].grad
+                    if g is None:
+                        raise InterpError(f"no gradient reached the {name} of layer {lay}",
+                                          expected="a receiver upstream of the metric", seen="grad None",
+                                          fix="check the adapter for this model")
+                    grads.setdefault(lay, {})[name] = g / len(alphas) + grads.get(lay, {}).get(name, 0)
+                    if k == 0 and not alpha_i:
+                        clean_x.setdefault(lay, {})[name] = stores[lay][name].detach()
+        for s in senders:
+            resid_delta = contribution(subject, s, deltas[s])
+            for lay in layers:
+                if lay <= s.layer:
+                    continue
+                new = inputs_at[lay].qkv(resid_delta)
+                base = clean_x.get(lay) or inputs_at[lay].qkv(torch.zeros_like(resid_delta))
+                for p in paths:
+                    r = p.receiver_site
+                    if p.sender != s or r is None or r.layer != lay:
+                        continue
+                    h, v = r.number, str(p.via)
+                    est[p].append(sign * ((new[v][:, h] - base[v][:, h]) * grads[lay][v][:, h]).sum((1, 2)))
+    st = stat_args(alpha, seed)
+    effects = {p: mean_effect(to_np(torch.cat(v)), sites=(p.sender,), method="edge attribution", estimate=True,
+                              intervention=f"first-order estimate of {how.describe()} along {p}",
+                              metric=metric.name, higher_is_better=metric.higher_is_better,
+                              details={"path": str(p)}, model=subject.identity(), **st)
+               for p, v in est.items()}
+    return Sweep(effects, f"edge screen: {how.describe()}, estimated path damage to {metric.name}")  # type: ignore[arg-type]

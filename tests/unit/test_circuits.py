@@ -411,3 +411,36 @@ def test_scrub_donors_share_the_label_and_full_resampling_draws_any_token():
     assert not torch.equal(ex * 12 + pos, torch.arange(96).view(8, 12))  # tokens do move
     ex2, pos2, _ = donors(None, tokens, seed=0)
     assert bool((labels[ex2, pos2] != labels).any())
+
+
+# ---------------------------------------------------------------------------------------------- edge screen
+
+
+def test_the_edge_screen_matches_exact_path_ablation_where_the_model_is_nearly_linear(claim_tokens):
+    """The tiny random model's paths move the loss by ~1e-4, where first order is nearly exact."""
+    from tests.helpers import tiny_model
+
+    subject = pi.load(tiny_model("gpt2"))
+    senders, receivers = [pi.head(0, h) for h in range(4)], [pi.head(1, h) for h in range(4)]
+    exact = pi.composition(subject, senders, receivers, inputs=claim_tokens, metric=pi.metrics.loss(), how=pi.Zero())
+    biggest = max(abs(e.mean) for e in exact.values())
+    for steps in (1, 3):
+        est = pi.edge_screen(subject, senders, receivers, inputs=claim_tokens, metric=pi.metrics.loss(),
+                             how=pi.Zero(), steps=steps)
+        assert set(est) == set(exact) and len(est) == 48
+        worst = max(abs(est[p].mean - exact[p].mean) for p in exact)
+        assert worst < 0.05 * biggest, (steps, worst, biggest)
+    assert pi.rank_agreement(est, exact) > 0.9
+
+
+def test_edge_screen_errors(tiny_llama, claim_tokens):
+    with pytest.raises(InterpError, match="grouped-query"):
+        pi.edge_screen(tiny_llama, inputs=claim_tokens, metric=pi.metrics.loss())
+    est = pi.edge_screen(tiny_llama, inputs=claim_tokens, metric=pi.metrics.loss(), via=("q",))
+    assert all(p.via == "q" for p in est)
+    with pytest.raises(InterpError, match="steps"):
+        pi.edge_screen(tiny_llama, inputs=claim_tokens, metric=pi.metrics.loss(), via=("q",), steps=0)
+    with pytest.raises(InterpError, match="deterministic"):
+        pi.edge_screen(tiny_llama, inputs=claim_tokens, metric=pi.metrics.loss(), via=("q",), how=pi.Resample())
+    with pytest.raises(InterpError, match="no path"):
+        pi.edge_screen(tiny_llama, [pi.head(1, 0)], [pi.head(1, 1)], inputs=claim_tokens, metric=pi.metrics.loss())
