@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..core import records as _records
 from ..core.cache import current as current_cache, site_key, tensor_digest
 from ..core.errors import InterpError
 from ..core.metrics import Metric
@@ -135,7 +136,20 @@ def composition(subject: Subject, senders: list[Site], receivers: list[Site], *,
             for v in via:
                 p = make_path(s, r, v)
                 out[p] = ablate_path(subject, p, inputs=inputs, metric=metric, how=how)
-    return Sweep(out, f"path ablation: {how.describe() if how is not None else 'mean'}")  # type: ignore[arg-type]
+    title = f"path ablation ({next(iter(out.values())).intervention if out else 'mean'}), damage to {metric.name}"
+    record_edges(title, out)
+    return Sweep(out, title)  # type: ignore[arg-type]
+
+
+def record_edges(title: str, effects: dict[Path, Effect]) -> None:
+    """Add the paths' effects to the session report as a sender x (receiver, input) grid."""
+    rows = list(dict.fromkeys(str(p.sender) for p in effects))
+    cols = list(dict.fromkeys(f"{p.receiver} {p.via or ''}".strip() for p in effects))
+    values: list[list[float | None]] = [[None] * len(cols) for _ in rows]
+    for p, e in effects.items():
+        values[rows.index(str(p.sender))][cols.index(f"{p.receiver} {p.via or ''}".strip())] = float(e.mean)
+    if effects:
+        _records.add_grid({"title": title, "rows": rows, "cols": cols, "values": values})
 
 
 # ------------------------------------------------------------------------------------------------ attention
@@ -407,4 +421,6 @@ def edge_screen(subject: Subject, senders: list[Site] | None = None, receivers: 
                               metric=metric.name, higher_is_better=metric.higher_is_better,
                               details={"path": str(p)}, model=subject.identity(), **st)
                for p, v in est.items()}
-    return Sweep(effects, f"edge screen: {how.describe()}, estimated path damage to {metric.name}")  # type: ignore[arg-type]
+    title = f"edge screen: {how.describe()}, estimated path damage to {metric.name}"
+    record_edges(title, effects)
+    return Sweep(effects, title)  # type: ignore[arg-type]

@@ -444,3 +444,15 @@ def test_edge_screen_errors(tiny_llama, claim_tokens):
         pi.edge_screen(tiny_llama, inputs=claim_tokens, metric=pi.metrics.loss(), via=("q",), how=pi.Resample())
     with pytest.raises(InterpError, match="no path"):
         pi.edge_screen(tiny_llama, [pi.head(1, 0)], [pi.head(1, 1)], inputs=claim_tokens, metric=pi.metrics.loss())
+
+
+def test_path_tables_go_to_the_report_as_a_sender_by_receiver_grid(induction):
+    from pytest_interp.core import records
+
+    tokens = pi.repeated_tokens(induction, n=16, seed=0).tokens
+    records.drain_grids()
+    pi.composition(induction, [pi.head(0, 0), pi.head(0, 3)], [pi.head(1, 0)], inputs=tokens,
+                   metric=pi.metrics.loss(), via=("k", "v"))
+    (grid,) = records.drain_grids()
+    assert grid["rows"] == ["head 0.0", "head 0.3"] and grid["cols"] == ["head 1.0 k", "head 1.0 v"]
+    assert "path ablation" in grid["title"] and all(v is not None for row in grid["values"] for v in row)
