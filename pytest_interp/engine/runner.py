@@ -13,7 +13,6 @@ attention function unchanged.
 from __future__ import annotations
 
 import hashlib
-import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -146,8 +145,10 @@ _registered: list[bool] = []
 
 
 def _base(module: Any) -> Callable[..., Any]:
-    """The eager attention function of ``module``'s own modeling file."""
-    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    """The eager attention function of ``module``'s own modeling file (the one its forward would call: read from
+    the forward's globals, so a modeling module re-imported or dropped from ``sys.modules`` does not matter)."""
+    forward_fn = getattr(type(module), "forward", None)
+    fn = getattr(forward_fn, "__globals__", {}).get("eager_attention_forward")
     if fn is None:
         raise InterpError(f"{type(module).__name__} has no eager attention function to edit",
                           expected="a transformers model whose modeling file defines eager_attention_forward",

@@ -456,3 +456,14 @@ def test_path_tables_go_to_the_report_as_a_sender_by_receiver_grid(induction):
     (grid,) = records.drain_grids()
     assert grid["rows"] == ["head 0.0", "head 0.3"] and grid["cols"] == ["head 1.0 k", "head 1.0 v"]
     assert "path ablation" in grid["title"] and all(v is not None for row in grid["values"] for v in row)
+
+
+def test_attention_edits_work_when_the_modeling_module_left_sys_modules(tiny_gpt2, tokens, monkeypatch):
+    """pytester restores sys.modules after an in-process run, dropping modeling modules imported during it."""
+    import sys
+
+    from pytest_interp.engine.runner import _base
+
+    attention = tiny_gpt2.adapter.attention(0)
+    monkeypatch.delitem(sys.modules, type(attention).__module__)
+    assert _base(attention) is type(attention).forward.__globals__["eager_attention_forward"]
