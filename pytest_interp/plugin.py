@@ -48,6 +48,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--interp-json", dest="interp_json", metavar="PATH", help="write the claims report as JSON (versioned schema)")
     add("--interp-html", dest="interp_html", metavar="PATH", help="write the claims report as one self-contained "
         "HTML file (effect bars with CIs, heatmaps)")
+    add("--interp-report", dest="interp_report", metavar="MODE", help="the terminal claims table: short (one "
+        "entry per claim, fits the terminal; the default), full (every column; also with -v) or none (ini: "
+        "interp_report)")
+    parser.addini("interp_report", "terminal claims table: short, full or none", default=None)
     add("--interp-register", dest="interp_register", action="store_true",
         help="pre-register the claims run: add or update their entries in the registry file")
     add("--interp-require-registered", dest="interp_require_registered", action="store_true",

@@ -40,7 +40,7 @@ def assert_not_necessary(subject: Subject, sites: Site | list[Site], *, inputs: 
     __tracebackhide__ = True
     w = threshold("within", within, positive=True)
     eff = ablate(subject, sites, inputs=inputs, metric=metric, how=how, alpha=alpha, seed=seed)
-    return decide(f"{describe(eff.sites)} is not necessary for {eff.metric} (|damage| < {w:g})", eff,
+    return decide(f"{describe(eff.sites)} is not necessary for {eff.metric} (|damage| <= {w:g})", eff,
                    -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]",
                    f"|damage| <= {w:g}", kind="not_necessary", bounds=(-w, w))
 

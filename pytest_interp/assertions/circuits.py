@@ -79,7 +79,11 @@ def assert_attention_mediates(subject: Any, head: Site, *, keys: Any, inputs: An
     return decide(f"{head}'s attention to the named keys mediates {named.metric} (damage >= {t:g}, and more than "
                   f"blocking as many other keys)", named, passed,
                   "lower CI bound >= threshold, and lower CI bound of (named - matched control) > 0",
-                  f"damage >= {t:g}; > control", extra=extra, kind="attention_mediates", bounds=(t,))
+                  f"damage >= {t:g}; > control", extra=extra, kind="attention_mediates", bounds=(t,),
+                  deciding=f"matched control {control.mean:.3g} [{control.ci[0]:.3g}, {control.ci[1]:.3g}]; named - "
+                           f"control {diff.mean:.3g} [{diff.ci[0]:.3g}, {diff.ci[1]:.3g}] vs > 0; attention removed "
+                           f"{named.details['blocked_attention']:.3g} (control "
+                           f"{control.details['blocked_attention']:.3g})")
 
 
 def assert_hypothesis_explains(subject: Any, hypothesis: dict[Site, Any], *, inputs: Any, metric: Metric,
@@ -100,4 +104,6 @@ def assert_hypothesis_explains(subject: Any, hypothesis: dict[Site, Any], *, inp
              "recursively)"]
     return decide(f"the hypothesis {{{names}}} explains {eff.metric} (loss recovered >= {t:g})", eff,
                   eff.ci[0] >= t, "lower CI bound >= threshold", f"recovered >= {t:g}", extra=extra,
-                  kind="hypothesis_explains", bounds=(t,))
+                  kind="hypothesis_explains", bounds=(t,),
+                  deciding=f"scrubbed damage {res.scrubbed.mean:.3g}, fully resampled {res.random.mean:.3g}; tokens "
+                           f"alone in their class at most {max(res.unscrubbed.values()):.1%}")

@@ -28,9 +28,11 @@ def threshold(name: str, value: Any, *, positive: bool = False) -> float:
 
 
 def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, extra: list[str] | None = None,
-            kind: str = "", bounds: tuple[float, ...] = ()) -> Effect:
+            kind: str = "", bounds: tuple[float, ...] = (), deciding: str = "") -> Effect:
     """The one decision every claim ends in: record the claim for the session report, then return ``effect`` if
-    it ``passed`` or raise :class:`ClaimFailed` with a message of the same shape for every claim kind."""
+    it ``passed`` or raise :class:`ClaimFailed` with a message of the same shape for every claim kind.
+    ``deciding``: for a compound claim, the other numbers that decided it (shown beside the effect in the
+    report)."""
     __tracebackhide__ = True
     if effect.n < MIN_N:
         raise InterpError(f"too few examples to decide the claim: {claim}", expected=f"at least {MIN_N} examples "
@@ -44,7 +46,7 @@ def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, 
               "intervention": effect.intervention, "metric": effect.metric, "method": effect.method,
               "effect": effect.mean, "ci": list(effect.ci), "n": effect.n, "p_value": effect.p_value,
               "alpha": effect.alpha, "seed": effect.seed, "threshold": threshold, "rule": rule,
-              "passed": passed, "bounds": list(bounds), "model": effect.model, "n_boot": effect.n_boot,
+              "passed": passed, "bounds": list(bounds), "deciding": deciding, "model": effect.model, "n_boot": effect.n_boot,
               "details": {k: v for k, v in effect.details.items() if isinstance(v, (int, float, str))}}
     _records.add(record)
     if passed:

@@ -51,6 +51,6 @@ def assert_document_unused(subject: Subject, prompts: Any, doc: Any, *, within: 
     __tracebackhide__ = True
     w = threshold("within", within, positive=True)
     eff = leave_out(subject, prompts, doc, method=method, metric=metric, alpha=alpha, seed=seed)
-    return decide(f"{segment_name(doc, 'document')} is unused by the answer (|damage| < {w:g})", eff,
+    return decide(f"{segment_name(doc, 'document')} is unused by the answer (|damage| <= {w:g})", eff,
                    -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]", f"|damage| <= {w:g}",
                    _acc(eff), kind="document_unused", bounds=(-w, w))

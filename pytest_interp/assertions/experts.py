@@ -64,7 +64,7 @@ def assert_expert_not_necessary(subject: Subject, layer: int, expert: int, *, in
     site = _expert_site(subject, layer, expert)
     eff = ablate(subject, site, inputs=inputs, metric=metric, how=how, alpha=alpha, seed=seed)
     eff, extra = _with_routing(subject, eff, inputs, site.layer, site.number)
-    return decide(f"{site} is not necessary for {eff.metric} (|damage| < {w:g})", eff,
+    return decide(f"{site} is not necessary for {eff.metric} (|damage| <= {w:g})", eff,
                    -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]", f"|damage| <= {w:g}",
                    extra, kind="expert_not_necessary", bounds=(-w, w))
 

@@ -67,7 +67,7 @@ def assert_only(subject: Subject, necessary: Site | list[Site], among: list[Site
         eff = dataclasses.replace(result[s], details=dict(result[s].details, p_one_sided=p, holm_p=q))
         effects[s] = eff
         ok = q <= level
-        role = f"necessary (damage >= {t:g})" if s in named else f"not necessary (|damage| < {w:g})"
+        role = f"necessary (damage >= {t:g})" if s in named else f"not necessary (|damage| <= {w:g})"
         lines.append(f"    {str(s):<14} {role:<32} effect {eff.mean:.4g} CI [{eff.ci[0]:.4g}, {eff.ci[1]:.4g}]  "
                      f"Holm p {q:.3g}  {'ok' if ok else 'FAILED'}")
         if not ok:

@@ -82,4 +82,7 @@ def assert_induction_head(subject: Subject, layer: int, head_: int | None = None
     return decide(f"{site} is an induction head", eff, attn_ok and causal_ok,
                    "attention lower CI bound >= attention threshold AND ablation damage lower CI bound >= "
                    "loss threshold", f"attention >= {ta:g} and loss increase >= {tl:g}", extra,
-                   kind="induction_head", bounds=(tl,))
+                   kind="induction_head", bounds=(tl,),
+                   deciding=f"induction attention {scores.mean():.3g} [{a_ci[0]:.3g}, {a_ci[1]:.3g}] vs >= {ta:g} "
+                            f"({'ok' if attn_ok else 'FAILED'}); in-context loss increase (the effect) "
+                            f"{'ok' if causal_ok else 'FAILED'}")

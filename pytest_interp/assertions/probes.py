@@ -75,7 +75,7 @@ def assert_direction_unused(subject: Subject, site: Site, direction: Any, *, inp
     w = threshold("within", within, positive=True)
     eff, control = _direction_effects(subject, site, direction, inputs, metric, mode, alpha, seed)
     eff = dataclasses.replace(eff, method="direction", details={**eff.details, "random_direction": control.mean})
-    return decide(f"the direction at {describe(eff.sites)} is not used for {eff.metric} (|damage| < {w:g})", eff,
+    return decide(f"the direction at {describe(eff.sites)} is not used for {eff.metric} (|damage| <= {w:g})", eff,
                   -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]", f"|damage| <= {w:g}",
                   [f"  control: a random direction removed alike damages {control.describe()}"],
                   kind="direction_unused", bounds=(-w, w))

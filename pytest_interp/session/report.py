@@ -57,13 +57,77 @@ def table(records: list[dict[str, Any]], show_registry: bool) -> list[tuple[str,
         head.append("registry")
     rows = [tuple(head)]
     for r in sorted(records, key=claim_key):
-        verdict = ("held" if r["passed"] else "REJECTED") + (" (xfail)" if r.get("outcome") == "xfailed" else "")
+        verdict = _verdict(r)
         row = [verdict, r["test"], r["claim"], ", ".join(r["sites"]), r["intervention"], r["metric"],
                fmt(r["effect"]), f"[{fmt(r['ci'][0])}, {fmt(r['ci'][1])}]", r["threshold"], str(r["n"])]
         if show_registry:
             row.append(r.get("registry", ""))
         rows.append(tuple(row))
     return rows
+
+
+def _margin(r: dict[str, Any]) -> float:
+    """How far a claim's interval clears its bounds (negative: it does not); the worst case has the least."""
+    lo, hi = r["ci"]
+    bounds = [b for b in r.get("bounds", []) if b is not None]
+    if len(bounds) == 2:
+        return min(lo - bounds[0], bounds[1] - hi)
+    if bounds:
+        return bounds[0] - hi if str(r.get("rule", "")).startswith("upper") else lo - bounds[0]
+    return 0.0
+
+
+def folded(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """One entry per claim, in the order the claims ran: records of the same claim (hypothesis examples) folded
+    into their worst case (a rejected one first, else the one whose interval clears its bounds by the least),
+    with their count."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(claim_key(r), []).append(r)
+    out = []
+    for group in groups.values():  # in the order the claims ran
+        worst = min(group, key=lambda r: (bool(r["passed"]), _margin(r)))
+        out.append((worst, len(group)))
+    return out
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if r.get("outcome") == "xfailed":
+        return "xfail"
+    if r.get("outcome") == "xpassed":
+        return "XPASS"
+    return "held" if r["passed"] else "REJECTED"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=max(width, 20), break_long_words=True, break_on_hyphens=False) or [""]
+
+
+def compact(records: list[dict[str, Any]], width: int = 110) -> list[str]:
+    """The terminal claims table, at most ``width`` columns: per claim the verdict and the claim (wrapped), then
+    its effect and CI against the threshold and n, the numbers that decided a compound claim, and for a
+    documented false claim (xfail) its reason."""
+    lvl = round(100 * (1 - records[0]["alpha"]), 2)
+    pad = 10
+    text = max(width - pad, 30)
+    lines = []
+    for r, count in folded(records):
+        claim = _wrap(r["claim"], text)
+        lines.append(f"{_verdict(r):<{pad}}{claim[0]}")
+        lines += [" " * pad + c for c in claim[1:]]
+        folds = f"; {count} examples, the worst shown" if count > 1 else ""
+        numbers = (f"{fmt(r['effect'])} [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] ({lvl:g}% CI) vs {r['threshold']}; "
+                   f"n={r['n']}{folds}")
+        extra = [numbers]
+        if r.get("deciding"):
+            extra.append(f"decided by: {r['deciding']}")
+        if r.get("outcome") in ("xfailed", "xpassed") and r.get("xfail_reason"):
+            extra.append(f"expected to fail: {r['xfail_reason']}")
+        for item in extra:
+            lines += [" " * pad + c for c in _wrap(item, text)]
+    return lines
 
 
 def aligned(rows: list[tuple[str, ...]]) -> list[str]:
@@ -153,7 +217,10 @@ def render_html(report: dict[str, Any]) -> str:
         test = r["test"]
         rows.append(
             f'<tr class="claim"><td class="{cls}">{verdict}</td>'
-            f'<td>{e(r["claim"])}<br><span class="mono small" title="{e(test)}">{e(test.split("/")[-1])}</span></td>'
+            f'<td>{e(r["claim"])}<br><span class="mono small" title="{e(test)}">{e(test.split("/")[-1])}</span>'
+            + (f'<br><span class="small">decided by: {e(r["deciding"])}</span>' if r.get("deciding") else "")
+            + (f'<br><span class="small">expected to fail: {e(r["xfail_reason"])}</span>'
+               if r.get("xfail_reason") else "") + '</td>'
             f'<td>{effect_svg(r)}</td><td>{fmt(r["effect"])}</td><td>[{fmt(r["ci"][0])}, {fmt(r["ci"][1])}]</td>'
             f'<td>{e(r["threshold"])}</td><td>{r["n"]}</td><td>{e(r["intervention"])}</td><td>{e(r["metric"])}</td>'
             f'<td>{e(r["registry"])}</td></tr>')

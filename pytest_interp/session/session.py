@@ -87,6 +87,7 @@ class Options:
                     _baselines.check_name(name)
         except ValueError as exc:
             raise pytest.UsageError(f"pytest-interp: {exc}") from None
+        _report_mode(config)  # a bad --interp-report is a usage error now, not at the end of the run
         if self.tolerance and not self.compare:
             raise pytest.UsageError("--interp-fail-drift needs --interp-compare NAME (the baseline to compare with)")
         self.baseline: dict[str, Any] | None = None
@@ -121,6 +122,21 @@ class Options:
                                     "`pytest claims/ --interp-register` and commit it")
 
 
+def _report_mode(config: pytest.Config) -> str:
+    """The terminal report: ``short`` (the compact table), ``full`` (every column; also with -v) or ``none``."""
+    mode = config.getoption("interp_report", None) or config.getini("interp_report") or None
+    if mode is None:
+        return "full" if config.getoption("verbose", 0) > 0 else "short"
+    if mode not in ("short", "full", "none"):
+        raise pytest.UsageError(f"--interp-report={mode}: expected short, full or none")
+    return str(mode)
+
+
+def _width(tr: Any) -> int:
+    """The terminal's width (pytest's own idea of it), never below 80."""
+    return max(80, int(getattr(getattr(tr, "_tw", None), "fullwidth", 110) or 110))
+
+
 class ClaimsSession:
     """Registered on the controller only (never on xdist workers)."""
 
@@ -150,6 +166,8 @@ class ClaimsSession:
                 r = json.loads(str(value))
                 r["outcome"] = ("xfailed" if report.skipped else "xpassed") if hasattr(report, "wasxfail") \
                     else report.outcome
+                if hasattr(report, "wasxfail"):
+                    r["xfail_reason"] = str(report.wasxfail).removeprefix("reason: ")
                 self.records.append(r)
             elif key == GRID_PROPERTY:
                 self.grids.append(json.loads(str(value)))
@@ -213,7 +231,8 @@ class ClaimsSession:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
-        if not self.records:
+        mode = _report_mode(self.config)
+        if not self.records or mode == "none":
             self._errors(tr)
             return
         tr.section("interpretability claims")
@@ -225,11 +244,19 @@ class ClaimsSession:
         c = self.controls
         tr.write_line(f"alpha={c['alpha']} seed={c['seed']} bootstrap={c['n_boot']} permutations={c['n_perm']}")
         show_registry = bool(self.options.entries) or self.options.register or self.options.require_registered
-        for line in _report.aligned(_report.table(self.records, show_registry)):
-            tr.write_line(line)
-        n_bad = sum(not r["passed"] for r in self.records)
-        tr.write_line(f"{len(self.records)} claims: {len(self.records) - n_bad} held, {n_bad} rejected. A claim holds "
-                      "only when its confidence interval clears the threshold.")
+        if mode == "full":
+            for line in _report.aligned(_report.table(self.records, show_registry)):
+                tr.write_line(line)
+        else:
+            for line in _report.compact(self.records, _width(tr)):
+                tr.write_line(line)
+        claims = [r for r, _ in _report.folded(self.records)]
+        n_bad = sum(not r["passed"] for r in claims)
+        xfail = sum(r.get("outcome") == "xfailed" for r in claims)
+        expected = f" ({xfail} of them documented false claims, expected to fail)" if xfail else ""
+        tr.write_line(f"{len(claims)} claims: {len(claims) - n_bad} held, {n_bad} rejected{expected}.")
+        tr.write_line("A claim holds only when its confidence interval clears the threshold."
+                      + ("" if mode == "full" else " Every column: -v or --interp-report=full."))
         if self.drift is not None:
             self._drift_table(tr)
         for note in self.notes:

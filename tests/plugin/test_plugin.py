@@ -27,9 +27,67 @@ def test_true_claims_pass_false_claim_fails_with_a_full_message(claims_project):
                   "intervention: zero-ablate", "95% CI [", "n=16", "threshold:    |damage| <= 1e-09",
                   "alpha=0.05", "seed=0", "ClaimFailed"]:
         assert piece in out, piece
-    result.stdout.fnmatch_lines(["*= interpretability claims =*", "verdict*test*claim*effect*95% CI*threshold*n*",
-                                 "REJECTED*test_false_claim*", "held*test_final_stream_is_necessary*",
-                                 "3 claims: 2 held, 1 rejected*"])
+    result.stdout.fnmatch_lines(["*= interpretability claims =*", "held      resid 1 @ -1 is not necessary for loss*",
+                                 "          * (95% CI) vs |damage| <= 0.01; n=16",
+                                 "REJECTED  resid 0 is not necessary for kl (|damage| <= 1e-09)",
+                                 "3 claims: 2 held, 1 rejected."])
+
+
+FOLDED = '''
+import pytest
+import torch
+import pytest_interp as pi
+from hypothesis import given, settings, strategies as st
+
+TOKENS = torch.randint(1, 48, (16, 12), generator=torch.Generator().manual_seed(0))
+
+@settings(max_examples=3, deadline=None, derandomize=True)
+@given(st.sampled_from([0.5, 1.0, 2.0]))
+def test_examples(subject, w):
+    pi.assert_not_necessary(subject, pi.resid(1).at(-1), inputs=TOKENS, metric=pi.metrics.loss(), within=0.01,
+                            how=pi.Zero())
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed, reason="the final stream carries everything: the reason "
+                   "is shown beside the rejected claim, wrapped to the terminal's width like every other line")
+def test_documented_false(subject):
+    pi.assert_not_necessary(subject, pi.resid(2), inputs=TOKENS, metric=pi.metrics.kl(), within=1e-9,
+                            how=pi.Zero())
+
+def test_a_claim_whose_text_is_long_enough_to_wrap(subject):
+    long = [pi.head(0, h) for h in range(4)] + [pi.head(1, h) for h in range(4)] + [pi.mlp(0), pi.mlp(1)]
+    pi.assert_necessary(subject, long, inputs=TOKENS, metric=pi.metrics.kl(), at_least=1e-6, how=pi.Zero())
+'''
+
+
+@pytest.mark.parametrize("columns", [80, 110])
+def test_the_claims_table_fits_the_terminal_with_one_entry_per_claim(pytester, model_dir, columns, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    pytester.makeini(f"[pytest]\ninterp_model = {model_dir}\ninterp_n_boot = 500\ninterp_n_perm = 500\n")
+    pytester.makepyfile(test_folded=FOLDED)
+    result = pytester.runpytest("-p", "no:randomly")
+    result.assert_outcomes(passed=2, xfailed=1)
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "interpretability claims" in line)
+    end = next(i for i, line in enumerate(lines) if line.startswith("3 claims:"))
+    table = lines[start + 3:end]
+    assert table and max(len(line) for line in table) <= columns, "\n".join(table)
+    assert sum(line.startswith(("held", "REJECTED", "xfail")) for line in table) == 3  # hypothesis examples folded
+    text = " ".join(" ".join(table).split())  # lines wrap at the terminal's width
+    assert "3 examples, the worst shown" in text
+    assert "expected to fail: the final stream carries everything" in text
+    result.stdout.fnmatch_lines(["3 claims: 2 held, 1 rejected (1 of them documented false claims, expected to "
+                                 "fail)*"])
+
+
+def test_the_full_table_and_no_table(claims_project):
+    full = claims_project.runpytest("--interp-report=full")
+    full.stdout.fnmatch_lines(["verdict*test*claim*sites*intervention*metric*effect*95% CI*threshold*n*"])
+    verbose = claims_project.runpytest("-v")
+    verbose.stdout.fnmatch_lines(["verdict*test*claim*sites*intervention*metric*effect*95% CI*threshold*n*"])
+    none = claims_project.runpytest("--interp-report=none")
+    assert "interpretability claims" not in none.stdout.str()
+    bad = claims_project.runpytest("--interp-report=wide")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR and "expected short, full or none" in bad.stderr.str()
 
 
 def test_all_claims_hold_exit_zero(claims_project):
@@ -103,7 +161,10 @@ def test_false(subject):
 ''')
     result = claims_project.runpytest("test_x.py")
     result.assert_outcomes(xfailed=1)
-    result.stdout.fnmatch_lines(["REJECTED (xfail)*test_false*"])
+    result.stdout.fnmatch_lines(["xfail     resid 0 is not necessary for kl*", "*(95% CI) vs |damage| <= 1e-09; n=16",
+                                 "          expected to fail: documented false claim"])
+    full = claims_project.runpytest("test_x.py", "--interp-report=full")
+    full.stdout.fnmatch_lines(["xfail*test_x.py::test_false*"])
 
 
 def test_adapter_hook_from_conftest(pytester, model_dir):
