@@ -11,7 +11,7 @@ from ..core.paths import path as make_path
 from ..core.sites import Site
 from ..core.stats import Effect, mean_effect
 from ..engine.interventions import Intervention
-from ..experiments.circuits import ablate_path, block_attention
+from ..experiments.circuits import ablate_path, block_attention, record_pattern
 from ..experiments.common import stat_args
 from ..experiments.scrubbing import scrub
 from .decide import decide, threshold
@@ -65,6 +65,7 @@ def assert_attention_mediates(subject: Any, head: Site, *, keys: Any, inputs: An
     __tracebackhide__ = True
     t = threshold("at_least", at_least)
     named = block_attention(subject, head, keys=keys, inputs=inputs, metric=metric, alpha=alpha, seed=seed)
+    record_pattern(subject, head, inputs)
     control = block_attention(subject, head, keys=keys, inputs=inputs, metric=metric, control=True, alpha=alpha,
                               seed=seed)
     diff = mean_effect(named.values - control.values, metric=named.metric, **stat_args(alpha, seed))

@@ -46,7 +46,8 @@ def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, 
               "intervention": effect.intervention, "metric": effect.metric, "method": effect.method,
               "effect": effect.mean, "ci": list(effect.ci), "n": effect.n, "p_value": effect.p_value,
               "alpha": effect.alpha, "seed": effect.seed, "threshold": threshold, "rule": rule,
-              "passed": passed, "bounds": list(bounds), "deciding": deciding, "model": effect.model, "n_boot": effect.n_boot,
+              "passed": passed, "bounds": list(bounds), "deciding": deciding,
+              "values": [float(v) for v in np.asarray(effect.values, dtype=float).ravel()], "model": effect.model, "n_boot": effect.n_boot,
               "details": {k: v for k, v in effect.details.items() if isinstance(v, (int, float, str))}}
     _records.add(record)
     if passed:

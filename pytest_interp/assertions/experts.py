@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..core import records as _records
 from ..core.errors import InterpError
 from ..core.metrics import Metric
 from ..core.sites import Site
@@ -81,8 +82,14 @@ def assert_routes_to(subject: Subject, layer: int, expert: int, *, inputs: Any, 
         raise InterpError("at_least is a fraction of tokens", expected="0 <= at_least <= 1", seen=str(at_least),
                           fix="e.g. at_least=0.5")
     site = _expert_site(subject, layer, expert)
-    log = routing(subject, inputs, layers=[site.layer])
+    log = routing(subject, inputs, layers=[site.layer], record=positions is None)
     values = log.per_example(site.layer, site.number, positions)
+    if positions is not None:  # the report's grid shows what the claim measured: the given positions only
+        freq = [float(log.per_example(site.layer, e, positions).mean()) for e in range(log.n_experts)]
+        _records.add_grid({"title": f"routing frequency at the claim's positions (layer {site.layer}; mean over "
+                                    "examples of the fraction of their tokens with the expert in the top-k)",
+                           "rows": [f"layer {site.layer}"], "cols": [f"expert {e}" for e in range(log.n_experts)],
+                           "values": [freq]})
     eff = mean_effect(values, sites=(site,), method="routing", intervention="none (router log)",
                       metric="routed fraction", higher_is_better=True, model=subject.identity(),
                       details={"top_k": int(log.index[site.layer].shape[-1])}, **stat_args(alpha, seed))

@@ -13,6 +13,7 @@ from ..core.stats import Effect, bootstrap_ci
 from ..engine.interventions import Intervention
 from ..experiments.ablation import ablate
 from ..experiments.common import stat_args
+from ..experiments.circuits import record_pattern
 from ..experiments.induction import induction_scores
 from ..model.checks import as_subject, check_site
 from ..model.subject import Subject
@@ -64,6 +65,7 @@ def assert_induction_head(subject: Subject, layer: int, head_: int | None = None
     tokens = subject.tokens(data.tokens)
     check_site(subject, site, tokens)
     scores = induction_scores(subject, layer, data)[:, head_]
+    record_pattern(subject, site, tokens)
     a_ci = bootstrap_ci((scores,), lambda m: m, alpha=st["alpha"], n_boot=st["n_boot"], seed=st["seed"])
     attn_ok = a_ci[0] >= ta
     eff = ablate(subject, site, inputs=tokens, metric=loss(mask=data.second_half), how=how, alpha=alpha, seed=seed)

@@ -424,3 +424,18 @@ def edge_screen(subject: Subject, senders: list[Site] | None = None, receivers: 
     title = f"edge screen: {how.describe()}, estimated path damage to {metric.name}"
     record_edges(title, effects)
     return Sweep(effects, title)  # type: ignore[arg-type]
+
+
+def record_pattern(subject: Subject, head_site: Site, tokens: torch.Tensor, *, limit: int = 40) -> None:
+    """Add ``head_site``'s attention pattern on the first example (at most ``limit`` tokens) to the session
+    report, beside the claim that intervened on it: what the head looks at, shown next to what decided."""
+    subject = as_subject(subject)
+    t = subject.tokens(tokens)[:1]
+    n = int(real(t)[0].sum())
+    att = attentions(subject, t, [head_site.layer])[0][0, head_site.number, :n, :n]
+    n = min(n, limit)
+    _records.add_grid({"title": f"attention of {head_site} on example 0, first {n} tokens (rows: queries, columns: "
+                                "keys): what the head sees, shown beside the effect of intervening on it",
+                       "rows": [f"q{i}" for i in range(n)], "cols": [f"k{j}" for j in range(n)],
+                       "values": [[float(att[i, j]) if j <= i or not subject.causal else None for j in range(n)]
+                                  for i in range(n)]})

@@ -248,7 +248,7 @@ class ClaimsSession:
             for line in _report.aligned(_report.table(self.records, show_registry)):
                 tr.write_line(line)
         else:
-            for line in _report.compact(self.records, _width(tr)):
+            for line in _report.compact(self.records, _width(tr), show_registry):
                 tr.write_line(line)
         claims = [r for r, _ in _report.folded(self.records)]
         n_bad = sum(not r["passed"] for r in claims)

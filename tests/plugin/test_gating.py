@@ -69,7 +69,7 @@ def test_registry_flow(claims_project):
     # CI mode passes while nothing changed
     ok = run(p, "--interp-require-registered")
     ok.assert_outcomes(passed=2, failed=1)
-    ok.stdout.fnmatch_lines(["*held*registered*"])
+    ok.stdout.fnmatch_lines(["held *", "*(95% CI) vs *; n=16; registered"])
 
     # edit a threshold: CI mode fails and says what changed
     src = (p.path / "test_claims.py").read_text()
@@ -196,31 +196,80 @@ def _chromium():
     pytest.skip("chromium is not installed")
 
 
+PROBE = """<script>
+document.querySelectorAll('details').forEach(d => d.open = true);
+const out = {page: document.documentElement.scrollWidth - window.innerWidth, wide: [], clipped: [],
+             grids: document.querySelectorAll('figure.grid').length, untitled: 0, unlegended: 0};
+document.querySelectorAll('td, figure, table, svg').forEach(el => {
+  const r = el.getBoundingClientRect();
+  if (r.right > window.innerWidth + 1 && !el.closest('.scroll')) out.wide.push(el.tagName + ':' + (el.className.baseVal ?? el.className));
+});
+document.querySelectorAll('svg').forEach(svg => {
+  const vb = svg.viewBox.baseVal;
+  if (!vb || !vb.width) return;
+  svg.querySelectorAll('text').forEach(t => {
+    const b = t.getBBox();
+    const m = t.getCTM() && svg.getCTM() ? svg.getCTM().inverse().multiply(t.getCTM()) : null;
+    const pts = [[b.x, b.y], [b.x + b.width, b.y + b.height]].map(([x, y]) => {
+      if (!m) return [x, y];
+      return [m.a * x + m.c * y + m.e, m.b * x + m.d * y + m.f];
+    });
+    for (const [x, y] of pts) {
+      if (x < -1 || x > vb.width + 1 || y < -1 || y > vb.height + 1) { out.clipped.push(t.textContent); break; }
+    }
+  });
+});
+document.querySelectorAll('figure.grid').forEach(f => {
+  if (!f.querySelector('figcaption b') || !f.querySelector('figcaption').textContent.includes('::')) out.untitled++;
+  if (!f.querySelector('.legend')) out.unlegended++;
+});
+const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);
+document.body.appendChild(pre);
+</script>"""
+
+
+def _probe(browser, flags, page, width):
+    dom = subprocess.run([browser, *flags, f"--window-size={width},900", "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    start = dom.index('<pre id="probe">') + len('<pre id="probe">')
+    return dom, json.loads(dom[start:dom.index("</pre>", start)].replace("&quot;", '"').replace("&amp;", "&"))
+
+
 def test_html_report_renders_in_headless_chromium(claims_project, tmp_path):
     browser = _chromium()
     html = tmp_path / "report.html"
     claims_project.makepyfile(test_sweep="""
 import torch, pytest_interp as pi
-def test_sweep(subject):
+def test_sweep_and_its_claim(subject):
     sw = pi.sweep(subject, inputs=torch.ones(4, 6, dtype=torch.long) * 3, metric=pi.metrics.kl(), how=pi.Zero())
     assert len(sw) == 8
+    pi.assert_necessary(subject, pi.resid(2), inputs=torch.ones(16, 6, dtype=torch.long) * 3,
+                        metric=pi.metrics.kl(), at_least=1e-6, how=pi.Zero())
 """)
     run(claims_project, f"--interp-html={html}").assert_outcomes(passed=3, failed=1)
     text = html.read_text()
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text
+    assert "<script" not in text  # a static page
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", PROBE + "</body>"))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
-    assert dom.count('<tr class="claim">') == 3
-    assert dom.count("<svg") >= 4 and "<circle" in dom
-    assert "ablation sweep: zero-ablate, damage to kl" in dom
-    assert "Benjamini-Hochberg adjusted p (q-value)" in dom
-    assert dom.count("<rect") == 16  # the 2 x 4 heatmap of effects and the 2 x 4 heatmap of their q-values
-    assert "3 claims: 2 held, 1 rejected" in dom
-    shot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1400,900", html.as_uri()],
-                   capture_output=True, timeout=120)
-    data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a rendered page, not a blank one
+    for width in (1000, 1400, 1600):
+        dom, probe = _probe(browser, flags, probed, width)
+        assert dom.count('<tr class="claim">') == 4
+        assert dom.count('class="strip"') == 4  # every claim's per-example values
+        assert probe["page"] <= 0 and not probe["wide"], (width, probe)  # nothing wider than the window
+        assert not probe["clipped"], (width, probe["clipped"])  # no label outside its picture
+        assert probe["grids"] == 2 and probe["untitled"] == 0 and probe["unlegended"] == 0, probe
+    assert "ablation sweep: zero-ablate, damage to kl" in dom and "Benjamini-Hochberg adjusted p (q-value)" in dom
+    assert "test_sweep.py::test_sweep_and_its_claim" in dom
+    assert "4 claims: 3 held, 1 rejected" in dom
+    for width in (1000, 1400):
+        shot = tmp_path / f"report-{width}.png"
+        subprocess.run([browser, *flags, f"--screenshot={shot}", f"--window-size={width},1400", probed.as_uri()],
+                       capture_output=True, timeout=120)
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000  # a rendered page, not a blank one
+        if os.environ.get("INTERP_SCREENSHOTS"):
+            shutil.copy(shot, Path(os.environ["INTERP_SCREENSHOTS"]) / shot.name)

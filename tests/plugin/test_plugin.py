@@ -27,9 +27,11 @@ def test_true_claims_pass_false_claim_fails_with_a_full_message(claims_project):
                   "intervention: zero-ablate", "95% CI [", "n=16", "threshold:    |damage| <= 1e-09",
                   "alpha=0.05", "seed=0", "ClaimFailed"]:
         assert piece in out, piece
-    result.stdout.fnmatch_lines(["*= interpretability claims =*", "held      resid 1 @ -1 is not necessary for loss*",
-                                 "          * (95% CI) vs |damage| <= 0.01; n=16",
+    result.stdout.fnmatch_lines(["*= interpretability claims =*",
                                  "REJECTED  resid 0 is not necessary for kl (|damage| <= 1e-09)",
+                                 "held      resid 2 is necessary for kl (damage >= 1e-06)",
+                                 "held      resid 1 @ -1 is not necessary for loss*",
+                                 "          * (95% CI) vs |damage| <= 0.01; n=16",
                                  "3 claims: 2 held, 1 rejected."])
 
 
@@ -188,6 +190,6 @@ def test_claims_report_under_xdist_matches_serial(claims_project):
     def table(result):
         lines = result.stdout.str().splitlines()
         start = next(i for i, l in enumerate(lines) if "interpretability claims" in l)
-        return lines[start + 1:start + 6]
+        return lines[start + 1:start + 10]
 
     assert table(serial) == table(parallel)

@@ -465,5 +465,5 @@ def test_attention_edits_work_when_the_modeling_module_left_sys_modules(tiny_gpt
     from pytest_interp.engine.runner import _base
 
     attention = tiny_gpt2.adapter.attention(0)
-    monkeypatch.delitem(sys.modules, type(attention).__module__)
+    monkeypatch.delitem(sys.modules, type(attention).__module__, raising=False)
     assert _base(attention) is type(attention).forward.__globals__["eager_attention_forward"]
