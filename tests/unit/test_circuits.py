@@ -467,3 +467,17 @@ def test_attention_edits_work_when_the_modeling_module_left_sys_modules(tiny_gpt
     attention = tiny_gpt2.adapter.attention(0)
     monkeypatch.delitem(sys.modules, type(attention).__module__, raising=False)
     assert _base(attention) is type(attention).forward.__globals__["eager_attention_forward"]
+
+
+def test_a_path_on_a_ragged_batch_equals_each_example_run_alone():
+    """Padding stays out of path patching: each example's path damage on a right-padded batch of different
+    lengths equals its damage in a batch of copies of itself alone."""
+    subject = pi.load(_sharpened("llama"))
+    g = torch.Generator().manual_seed(5)
+    rows = [torch.randint(1, 48, (n,), generator=g).tolist() for n in (6, 9, 12, 7)]
+    p = pi.path(pi.head(0, 1), pi.head(1, 2), via="k")
+    batch = pi.ablate_path(subject, p, inputs=rows, metric=pi.metrics.loss(), how=pi.Zero())
+    for i, row in enumerate(rows):
+        alone = pi.ablate_path(subject, p, inputs=[row, row], metric=pi.metrics.loss(), how=pi.Zero())
+        assert abs(float(batch.values[i]) - float(alone.values[0])) < 1e-5, i
+    assert float(abs(batch.values).max()) > 5e-4
