@@ -110,7 +110,6 @@ def compact(records: list[dict[str, Any]], width: int = 110, show_registry: bool
     """The terminal claims table, at most ``width`` columns: per claim the verdict and the claim (wrapped), then
     its effect and CI against the threshold and n, the numbers that decided a compound claim, and for a
     documented false claim (xfail) its reason."""
-    lvl = round(100 * (1 - records[0]["alpha"]), 2)
     pad = 10
     text = max(width - pad, 30)
     lines = []
@@ -119,6 +118,7 @@ def compact(records: list[dict[str, Any]], width: int = 110, show_registry: bool
         lines.append(f"{_verdict(r):<{pad}}{claim[0]}")
         lines += [" " * pad + c for c in claim[1:]]
         folds = f"; {count} examples, the worst shown" if count > 1 else ""
+        lvl = round(100 * (1 - r["alpha"]), 2)
         registry = f"; {r.get('registry', 'unregistered')}" if show_registry else ""
         numbers = (f"{fmt(r['effect'])} [{fmt(r['ci'][0])}, {fmt(r['ci'][1])}] ({lvl:g}% CI) vs {r['threshold']}; "
                    f"n={r['n']}{folds}{registry}")
