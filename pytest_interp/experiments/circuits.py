@@ -206,6 +206,31 @@ def matched_keys(pairs: torch.Tensor, tokens: torch.Tensor, causal: bool, seed: 
     return (rank < count) & free
 
 
+def _head_edit(subject: Subject, head_site: Site, tokens: torch.Tensor, metric: Metric, score: Any,
+               edit_for: Any, spec: dict[str, Any]) -> torch.Tensor:
+    """Per-example scores of the runs in which ``head_site``'s attention module runs ``edit_for(rows, used)``
+    (run-cached under ``spec``); an InterpError if the edit never ran."""
+    attention = subject.adapter.attention(head_site.layer)
+    used: dict[str, int] = {}
+
+    def install(rows: torch.Tensor) -> tuple[list[Any], dict[Any, Any]]:
+        return [], {attention: edit_for(rows, used)}
+
+    def parts() -> dict[str, Any] | None:
+        base = run_parts(subject, tokens, metric, (head_site,))()
+        return None if base is None else {**base, **spec}
+
+    def compute() -> torch.Tensor:
+        got = run_installed(subject, tokens, install, score, needs_clean=metric.needs_clean)
+        if not used.get("used"):
+            raise InterpError(f"the attention of {head_site} was never edited",
+                              expected="the head's attention module to run through the attention registry",
+                              seen="no call", fix="this architecture's attention cannot be edited per head")
+        return got
+
+    return current_cache().scores(parts, compute, rows=tokens.shape[0])
+
+
 def block_attention(subject: Subject, head_site: Site, *, keys: Any, inputs: Any, metric: Metric,
                     control: bool = False, alpha: float | None = None, seed: int | None = None) -> Effect:
     """Per example, the damage done when ``head_site``'s attention to the query -> key pairs ``keys`` is removed
@@ -213,8 +238,8 @@ def block_attention(subject: Subject, head_site: Site, *, keys: Any, inputs: Any
     key]`` or a function of the tokens (e.g. :func:`induction_keys`). ``control=True`` blocks the matched
     control instead: as many other visible keys per query, drawn at random (seeded). ``details["blocked_attention"]``
     is the clean attention the blocked keys had (mean over the queries that lose any): the control matches the
-    number of keys, not the attention removed (on the induction fixture 0.97 for the named keys against 0.001
-    for the control)."""
+    number of keys, not the attention removed (on induction-llama, head 1.0: 0.945 for the named keys against
+    0.004 for the control)."""
     subject, metric = as_subject(subject), as_metric(metric)
     tokens = subject.tokens(inputs)
     check_site(subject, head_site, tokens)
@@ -228,27 +253,9 @@ def block_attention(subject: Subject, head_site: Site, *, keys: Any, inputs: Any
     score = metric.bind(subject, tokens)
     subject.ensure_eager()
     clean = cached_run(subject, tokens, metric, score)
-    attention = subject.adapter.attention(head_site.layer)
-    used: dict[str, int] = {}
-
-    def install(rows: torch.Tensor) -> tuple[list[Any], dict[Any, Any]]:
-        return [], {attention: blocked_attention(head_site.number, pairs[rows], used)}
-
-    def parts() -> dict[str, Any] | None:
-        base = run_parts(subject, tokens, metric, (head_site,))()
-        if base is None:
-            return None
-        return {**base, "blocked": tensor_digest(pairs), "engine": "attention-block-v1"}
-
-    def compute() -> torch.Tensor:
-        got = run_installed(subject, tokens, install, score, needs_clean=metric.needs_clean)
-        if not used.get("used"):
-            raise InterpError(f"the attention of {head_site} was never edited",
-                              expected="the head's attention module to run through the attention registry",
-                              seen="no call", fix="this architecture's attention cannot be edited per head")
-        return got
-
-    hit = current_cache().scores(parts, compute, rows=tokens.shape[0])
+    hit = _head_edit(subject, head_site, tokens, metric, score,
+                     lambda rows, used: blocked_attention(head_site.number, pairs[rows], used),
+                     {"blocked": tensor_digest(pairs), "engine": "attention-block-v1"})
     values = clean - hit if metric.higher_is_better else hit - clean
     label = "matched control: as many random other keys blocked" if control else "named keys blocked"
     # the control matches the number of keys, not the attention they had: say how much each removed
@@ -284,19 +291,9 @@ def patch_pattern(subject: Subject, head_site: Site, *, clean: Any, corrupt: Any
     subject.ensure_eager()
     base = cached_run(subject, tokens, metric, score)
     pattern = attentions(subject, source, [head_site.layer])[0][:, head_site.number]
-    attention = subject.adapter.attention(head_site.layer)
-    used: dict[str, int] = {}
-
-    def install(rows: torch.Tensor) -> tuple[list[Any], dict[Any, Any]]:
-        return [], {attention: patched_pattern(head_site.number, pattern[rows], used)}
-
-    def parts() -> dict[str, Any] | None:
-        b = run_parts(subject, tokens, metric, (head_site,))()
-        return None if b is None else {**b, "pattern_from": tensor_digest(source), "engine": "pattern-patch-v1"}
-
-    hit = current_cache().scores(parts, lambda: run_installed(subject, tokens, install, score,
-                                                              needs_clean=metric.needs_clean),
-                                 rows=tokens.shape[0])
+    hit = _head_edit(subject, head_site, tokens, metric, score,
+                     lambda rows, used: patched_pattern(head_site.number, pattern[rows], used),
+                     {"pattern_from": tensor_digest(source), "engine": "pattern-patch-v1"})
     values = base - hit if metric.higher_is_better else hit - base
     return mean_effect(to_np(values), sites=(head_site,), method="pattern patch",
                        intervention="attention pattern from corrupt", metric=metric.name,
