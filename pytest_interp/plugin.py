@@ -298,7 +298,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     options = item.config.stash[_options_key]
     problems = []
     for r in records:
-        r.update(test=item.nodeid, code_hash=code_hash)
+        path, line, _ = item.location
+        r.update(test=item.nodeid, code_hash=code_hash, location=path if line is None else f"{path}:{line + 1}")
         hyp = {k: r.get(k) for k in _registry.HYPOTHESIS_FIELDS}
         if hyp not in distinct:
             distinct.append(hyp)

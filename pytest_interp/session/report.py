@@ -308,7 +308,7 @@ def _figure(g: dict[str, Any], model: str) -> str:
 
 def _card(r: dict[str, Any], grids: list[dict[str, Any]], model: str) -> str:
     e = html.escape
-    items = [("test", r["test"]), ("sites", ", ".join(r["sites"])), ("intervention", r["intervention"]),
+    items = [("test", r["test"]), ("location", r.get("location", "")), ("sites", ", ".join(r["sites"])), ("intervention", r["intervention"]),
              ("metric", r["metric"]), ("method", r.get("method", "")), ("rule", r.get("rule", "")),
              ("p-value", fmt(r.get("p_value"))), ("registry", r.get("registry", "")),
              ("alpha / seed", f"{r['alpha']} / {r['seed']}")]

@@ -36,10 +36,13 @@ def test_json_report_validates_against_its_schema(claims_project, xdist):
     assert report["controls"]["alpha"] == 0.05 and report["controls"]["versions"]["torch"]
     # version 2: per-example values (the effect is their mean) and p-values, so anyone can redo the statistics
     assert report["version"] == 2 and len(claim["values"]) == claim["n"] == 16
+    assert claim["location"] == "test_claims.py:" + str(1 + next(
+        i for i, line in enumerate((claims_project.path / "test_claims.py").read_text().splitlines())
+        if line.startswith("def test_false_claim")))
     assert abs(sum(claim["values"]) / claim["n"] - claim["effect"]) < 1e-9 and 0 <= claim["p_value"] <= 1
     # a version-1 report (no values, reasons or deciding numbers) still validates
     old = dict(report, version=1, claims=[{k: v for k, v in c.items() if k not in ("values", "xfail_reason",
-                                                                                  "deciding")}
+                                                                                  "deciding", "location")}
                                           for c in report["claims"]])
     jsonschema.validate(old, json.loads(SCHEMA.read_text()))
 
