@@ -41,12 +41,17 @@ def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, 
     if not (np.isfinite(effect.mean) and np.isfinite(effect.ci[0]) and np.isfinite(effect.ci[1])):
         raise InterpError(f"the effect of the claim is not finite: {claim}", expected="a finite effect and interval",
                           seen=f"effect {effect.mean}, CI {effect.ci}", fix="check the metric and the inputs")
+    if not isinstance(effect.model, dict) or "fingerprint" not in effect.model:
+        raise InterpError(f"the effect of the claim names no model: {claim}", expected="an Effect from an "
+                          "experiment on a loaded model (pi.load)", seen=f"model={effect.model!r}"[:80],
+                          fix="decide claims on effects the package's experiments return")
     lvl = round(100 * (1 - effect.alpha), 2)
     record = {"claim": claim, "kind": kind, "sites": [str(s) for s in effect.sites],
               "intervention": effect.intervention, "metric": effect.metric, "method": effect.method,
               "effect": effect.mean, "ci": list(effect.ci), "n": effect.n, "p_value": effect.p_value,
               "alpha": effect.alpha, "seed": effect.seed, "threshold": threshold, "rule": rule,
               "passed": passed, "bounds": list(bounds), "deciding": deciding,
+              "decoding": effect.details.get("decoding"),
               "values": [float(v) for v in np.asarray(effect.values, dtype=float).ravel()], "model": effect.model, "n_boot": effect.n_boot,
               "details": {k: v for k, v in effect.details.items() if isinstance(v, (int, float, str))}}
     _records.add(record)
@@ -65,4 +70,4 @@ def decide(claim: str, effect: Effect, passed: bool, rule: str, threshold: str, 
         if isinstance(v, float):
             lines.append(f"  {k}: {v:.4g}")
     lines += extra or []
-    raise ClaimFailed("\n".join(lines), record)
+    raise ClaimFailed("\n".join(lines), record, effect)

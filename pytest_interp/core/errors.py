@@ -49,11 +49,13 @@ class ClaimFailed(AssertionError):
 
     Attributes:
         record: the claim's record (claim text, sites, effect, CI, threshold, n, alpha, seed, verdict).
+        effect: the :class:`~pytest_interp.Effect` the claim was decided on (None when it has none).
     """
 
-    def __init__(self, message: str, record: Any = None) -> None:
+    def __init__(self, message: str, record: Any = None, effect: Any = None) -> None:
         super().__init__(message)
         self.record = record
+        self.effect = effect
 
 
 class InterpWarning(UserWarning):

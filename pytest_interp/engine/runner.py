@@ -21,10 +21,10 @@ import torch
 from ..core.errors import InterpError, InterventionNoOpError
 from ..core.settings import settings
 from ..core.sites import Site
-from ..core.batch import ragged, real
+from ..core.batch import PAD, ragged, real
 from ..model.checks import batch_lengths, check_layer
 from ..model.subject import Subject
-from .hooks import Edit, hooks, install, install_edits, install_router
+from .hooks import Edit, Replacement, hooks, install, install_edits, install_router
 from .memory import release_freed_buffers
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -120,8 +120,16 @@ def bind_lengths(edits: list[Edit], tokens: torch.Tensor) -> None:
 
 def run(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *,
         needs_clean: bool = False) -> torch.Tensor:
-    """Run ``tokens`` with ``edits`` applied; return ``score(logits, rows, clean_logits)`` for every example."""
+    """Run ``tokens`` with ``edits`` applied; return ``score(logits, rows, clean_logits)`` for every example.
+    A generation metric (``score.output == "generation"``) is scored on the text generated with the edits
+    installed (:func:`generate`)."""
     batch = tokens.shape[0]
+    if getattr(score, "output", "logits") == "generation":
+        decoding = getattr(score, "decoding")
+        out_g = [score(generate(subject, tokens, decoding, edits, rows), rows.to(tokens.device), None).detach()
+                 for rows in chunks(batch)]
+        check_edits(edits)
+        return torch.cat(out_g)
     out = []
     head = subject.head_kwargs(score)
     kind = getattr(score, "output", "logits")
@@ -137,6 +145,81 @@ def run(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreF
         out.append(score(got, rows.to(tokens.device), clean).detach())
     check_edits(edits)
     return torch.cat(out)
+
+
+def _prompt_part(e: Edit, width: int) -> Replacement:
+    """``e``'s replacement function for a pass over a prompt batch ``width`` tokens wide plus generated tokens:
+    a site restricted to positions is edited only on the prompt (the replacement computed on the prompt's
+    columns, as in a single pass over the prompts); a site without positions everywhere, which needs a
+    replacement that does not depend on the position."""
+    fn = e.fn
+
+    def edit(act: Any, rows: torch.Tensor) -> Any:
+        if act.shape[1] <= width:
+            return fn(act, rows)
+        if e.site.positions is not None:
+            return torch.cat([fn(act[:, :width], rows), act[:, width:]], 1)
+        new = fn(act, rows)
+        if tuple(new.shape) != tuple(act.shape):
+            raise InterpError(f"{e.label} at {e.site} replaces activations position by position, and generated "
+                              "positions have no counterpart", expected="an intervention that does not depend on "
+                              "the position (pi.Zero(), pi.Mean(per_position=False), a direction or feature edit), "
+                              "or a site restricted to prompt positions", seen=f"a replacement for "
+                              f"{new.shape[1]} positions in a pass over {act.shape[1]}",
+                              fix=f"use {e.site}.at(...) to edit the prompt only, or pi.Zero() / "
+                                  "pi.Mean(per_position=False)")
+        return new
+    return edit
+
+
+@torch.no_grad()
+def generate(subject: Subject, tokens: torch.Tensor, decoding: Any, edits: list[Edit],
+             rows: torch.Tensor) -> torch.Tensor:
+    """Decode ``decoding.max_new_tokens`` tokens after each prompt of ``tokens[rows]`` (``decoding.n`` per
+    prompt) with ``edits`` installed at every step; returns ``[len(rows), n, new]`` (-1 after a stop token).
+
+    No key/value cache: each step runs the prompt and the tokens generated so far in one pass, so every edit
+    sees every position, as it would in one forward pass over the finished text. Prompts of different lengths
+    are right-padded; each reads its next token at its own last position."""
+    from ..core.decoding import cut_at_stop
+
+    if not subject.adapter.causal:
+        raise InterpError("generation needs a causal LM", expected="a left-to-right language model",
+                          seen=f"{subject.class_name} (an encoder)", fix="score it with a single-pass metric")
+    batch, width = tokens.shape
+    n, new = decoding.n, decoding.max_new_tokens
+    prompts = tokens[rows.to(tokens.device)].repeat_interleave(n, 0)
+    lens = batch_lengths(tokens)
+    plen = (torch.full((batch,), width) if lens is None else lens.cpu())
+    if subject.max_positions is not None and int(plen.max()) + new - 1 > subject.max_positions:
+        raise InterpError("the prompt and the generated tokens do not fit the model's positions",
+                          expected=f"prompt + max_new_tokens - 1 <= {subject.max_positions} (the last token "
+                                   "generated is never read)",
+                          seen=f"{int(plen.max())} + {new} - 1", fix="shorten the prompts or lower max_new_tokens")
+    sample_rows = rows.cpu().repeat_interleave(n)
+    own = plen[sample_rows]
+    for e in edits:
+        e.lengths = plen  # a site's positions are the prompt's, whatever has been generated after it
+    saved = [e.fn for e in edits]
+    gens = decoding.generators(rows.cpu())
+    out = torch.full((len(sample_rows), new), PAD, dtype=torch.long, device=tokens.device)
+    try:
+        for e in edits:
+            e.fn = _prompt_part(e, width)
+        with hooks(install_edits(subject, edits, sample_rows.to(tokens.device), batch)):
+            for step in range(new):
+                seq = torch.cat([prompts, torch.full((len(prompts), step), PAD, dtype=torch.long,
+                                                     device=tokens.device)], 1)
+                at = (own + step).to(tokens.device)
+                if step:
+                    cols = own[:, None] + torch.arange(step)[None]
+                    seq[torch.arange(len(seq))[:, None], cols.to(tokens.device)] = out[:, :step]
+                lg = logits(subject, seq, what="generation step")
+                out[:, step] = decoding.pick(lg[torch.arange(len(seq), device=lg.device), at - 1], gens).to(out.device)
+    finally:
+        for e, fn in zip(edits, saved):
+            e.fn = fn
+    return cut_at_stop(out, decoding.stop).reshape(len(rows), n, new)
 
 
 NAME = "pytest_interp_eager"

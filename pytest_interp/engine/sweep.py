@@ -28,7 +28,7 @@ from ..core.sites import Mask, Site
 from ..model.checks import position_mask
 from ..model.subject import Subject
 from .hooks import Edit, apply, hooks, install
-from .runner import (ScoreFn, bind_lengths, check_edits, chunks, finite, forward, head_logits, logits_of,
+from .runner import (ScoreFn, run, bind_lengths, check_edits, chunks, finite, forward, head_logits, logits_of,
                      output_kwargs)
 
 
@@ -276,6 +276,8 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
     n_layers = subject.n_layers
     batch, seq = tokens.shape
     work = Work(naive=len(edits) * n_layers * batch * seq)
+    if getattr(score, "output", "logits") == "generation":  # every step of every edit's text is its own run
+        return [run(subject, tokens, [e], score) for e in edits], Work(run=work.naive, naive=work.naive)
     parts: list[list[torch.Tensor]] = [[] for _ in edits]
     # prefix reuse splices clean logits before a site's position: not for one output per example (classifiers)
     causal = bool(subject.adapter.causal) and reuse_prefix and not getattr(score, "pooled", False)

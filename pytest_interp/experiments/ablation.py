@@ -3,6 +3,7 @@ expert's removal), per example, with a confidence interval."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -12,11 +13,11 @@ from ..core.metrics import Metric
 from ..core.sites import Site, as_sites
 from ..core.stats import Effect, mean_effect
 from ..engine.hooks import Edit
-from ..engine.interventions import Intervention
+from ..engine.interventions import Intervention, Mean
 from ..engine.runner import run
 from ..model.checks import as_subject, check_site
 from ..model.subject import Subject
-from .common import as_metric, cached_run, combine_runs, resolve_how, run_parts, stat_args, to_np
+from .common import as_metric, decoding_details, cached_run, combine_runs, resolve_how, run_parts, stat_args, to_np
 
 
 def ablate(subject: Subject, sites: Site | list[Site], *, inputs: Any, metric: Metric,
@@ -43,7 +44,11 @@ def prepare_ablation(subject: Subject, sites_t: tuple[Site, ...], how: Intervent
                      metric: Metric) -> tuple[Intervention, torch.Tensor, Any, torch.Tensor]:
     """An ablation's intervention, validated inputs and sites, bound metric, and clean scores."""
     tokens = subject.tokens(inputs)
-    how = resolve_how(sites_t, how).for_inputs(tokens)
+    how = resolve_how(sites_t, how)
+    if getattr(metric, "output", "") == "generation" and isinstance(how, Mean) and how.per_position is None and \
+            any(s.positions is None for s in sites_t):
+        how = dataclasses.replace(how, per_position=False)  # generated positions have no per-position mean
+    how = how.for_inputs(tokens)
     for s in sites_t:
         check_site(subject, s, tokens)
     score = metric.bind(subject, tokens)
@@ -71,5 +76,6 @@ def ablation_effect(subject: Subject, sites_t: tuple[Site, ...], metric: Metric,
     values = clean - hit if metric.higher_is_better else hit - clean
     return mean_effect(to_np(values), sites=sites_t, method="ablate", intervention=how.describe(),
                        metric=metric.name, higher_is_better=metric.higher_is_better,
-                       details={"clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean())},
+                       details={"clean_mean": float(clean.mean()), "ablated_mean": float(hit.mean()),
+                                **decoding_details(metric)},
                        model=subject.identity(), **st)

@@ -30,6 +30,12 @@ def as_metric(metric: Any) -> Metric:
     return metric
 
 
+def decoding_details(metric: Metric) -> dict[str, Any]:
+    """An Effect's details naming the decoding a generation metric used (none for single-pass metrics)."""
+    d = getattr(metric, "decoding", None)
+    return {} if d is None else {"decoding": d.describe()}
+
+
 def stat_args(alpha: float | None, seed: int | None) -> dict[str, Any]:
     """The statistics settings of one experiment: its own ``alpha``/``seed``, else the run-wide ones."""
     s = settings()

@@ -17,7 +17,7 @@ from ..engine.interventions import Patch
 from ..engine.runner import run
 from ..model.checks import as_subject, check_site
 from ..model.subject import Subject
-from .common import as_metric, cached_run, run_parts, stat_args, to_np
+from .common import as_metric, cached_run, decoding_details, run_parts, stat_args, to_np
 
 
 def patch(subject: Subject, sites: Site | list[Site], *, clean: Any, corrupt: Any, metric: Metric,
@@ -116,4 +116,4 @@ def patch_effect(subject: Subject, sites_t: tuple[Site, ...], prep: PreparedPatc
                   metric=prep.metric.name, higher_is_better=prep.metric.higher_is_better, seed=st["seed"],
                   alpha=st["alpha"], n_boot=st["n_boot"], model=subject.identity(),
                   details={"clean_mean": sign * float(k.mean()), "corrupt_mean": sign * float(c.mean()),
-                           "patched_mean": sign * float(p.mean())})
+                           "patched_mean": sign * float(p.mean()), **decoding_details(prep.metric)})

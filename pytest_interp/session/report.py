@@ -41,6 +41,9 @@ def build(records: list[dict[str, Any]], controls: dict[str, Any], drift: list[d
     if drift is not None:
         summary["drift_exceeded"] = sum(row["exceeded"] for row in drift)
     created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    used = sorted({c["decoding"] for c in claims if c.get("decoding")})
+    controls = dict(controls, decoding={"settings": used, "claims": sum(bool(c.get("decoding")) for c in claims)}
+                    if used else None)
     return {"schema": SCHEMA, "version": VERSION, "created": created, "controls": controls, "models": models,
             "claims": claims, "grids": list(grids or []), "summary": summary}
 
@@ -362,6 +365,9 @@ def render_html(report: dict[str, Any]) -> str:
     maps = "".join(_figure(g, "") for g in loose)
     others = f"<h2>Grids of tests without claims</h2>{maps}" if loose else ""
     versions_ = ", ".join(f"{k} {v}" for k, v in c["versions"].items() if v)
+    dec = c.get("decoding")
+    decoding_ = ("; ".join(dec["settings"]) + f" ({dec['claims']} claim(s) scored on generated text)" if dec
+                 else "none: every claim is scored on a single forward pass (no generated text)")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
 <title>pytest-interp claims report</title>
@@ -379,6 +385,7 @@ every field, its per-example values and the grids its test made.</p>
 <th>heads</th><th>experts</th><th>vocab</th><th>dtype</th><th>attention</th></tr></thead><tbody>{models}</tbody>
 </table></div>
 {others}
+<p class="small">decoding: {e(decoding_)}</p>
 <p class="small">{e(versions_)}; device {e(c["device"])}; created {e(report["created"])}</p>
 </body></html>
 """
