@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 _records: list[dict[str, Any]] = []
 _grids: list[dict[str, Any]] = []
@@ -31,3 +32,17 @@ def drain() -> list[dict[str, Any]]:
 def drain_grids() -> list[dict[str, Any]]:
     """Return and forget the sweep grids made since the last drain."""
     return _take(_grids)
+
+
+@contextmanager
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """Within: claim records and grids go to the yielded list (records; grids are dropped) instead of the
+    session report, for claims decided as parts of another claim."""
+    r0, g0 = len(_records), len(_grids)
+    got: list[dict[str, Any]] = []
+    try:
+        yield got
+    finally:
+        got.extend(_records[r0:])
+        del _records[r0:]
+        del _grids[g0:]
