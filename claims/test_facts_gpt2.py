@@ -44,3 +44,36 @@ def test_false_mlp_1_at_the_last_subject_token_mediates(subject, lives_in):
                           "layers 1-2 carry the rest")
 def test_false_layer_0_mlp_mediates_every_relation(subject, works_as):
     pi.assert_mediates(subject, pi.mlp(0).at(6), **works_as, at_least=0.5)
+
+
+# generated text, and stability across decoding settings ------------------------------------------------------
+# The answer must appear in what the model writes (3 new tokens; the model has 8 positions). Each run generates
+# with the edit installed; a site restricted to a prompt position edits that position only, never the tokens
+# generated after it.
+
+DECODINGS = [pi.Greedy(max_new_tokens=3), pi.Sample(temperature=0.7, n=8, seed=0, max_new_tokens=3),
+             pi.Sample(temperature=1.0, top_p=0.9, n=8, seed=0, max_new_tokens=3)]
+
+
+def answer_generated(facts, decoding=DECODINGS[0]):
+    return pi.metrics.generates(facts["answer"], decoding=decoding)
+
+
+def test_the_layer_0_mlp_at_the_last_token_is_needed_to_write_the_answer(subject, lives_in):
+    pi.assert_necessary(subject, pi.mlp(0).at(5), inputs=lives_in["prompts"], metric=answer_generated(lives_in),
+                        how=pi.Zero(), at_least=0.4)
+
+
+def test_that_holds_when_sampling_too(subject, lives_in):
+    pi.assert_stable(lambda d: pi.assert_necessary(subject, pi.mlp(0).at(5), inputs=lives_in["prompts"],
+                                                   metric=answer_generated(lives_in, d), how=pi.Zero(),
+                                                   at_least=0.4), DECODINGS, spread=0.5)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="zeroing the layer-0 MLP at the last prompt token alone leaves the answer in 43% of "
+                          "greedy texts: attention at that token and later layers also carry it")
+def test_false_the_layer_0_mlp_at_the_last_token_is_all_that_writes_the_answer(subject, lives_in):
+    pi.assert_stable(lambda d: pi.assert_necessary(subject, pi.mlp(0).at(5), inputs=lives_in["prompts"],
+                                                   metric=answer_generated(lives_in, d), how=pi.Zero(),
+                                                   at_least=0.9), DECODINGS)

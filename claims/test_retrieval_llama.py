@@ -9,6 +9,7 @@ a claim says it masks them out of attention instead.
 import pytest
 
 import pytest_interp as pi
+from pytest_interp import strategies as pst
 
 pytestmark = pytest.mark.interp_model("../fixtures/retrieval-llama")
 
@@ -80,3 +81,33 @@ def test_false_retrieval_head_attention_is_faithful(subject, rag_batch):
     tokens, answers = rag_batch
     pi.assert_faithful(subject, pi.explain.attention(subject, tokens, layer=1), inputs=tokens, answer=answers,
                        at_least=0.35)
+
+
+# stability across input families -----------------------------------------------------------------------------
+# One family is one order of the three documents (the same for every prompt) and at most one added distractor
+# document: a key the prompt does not hold, with a value no document has, inserted at a drawn place. The model
+# was trained on exactly three documents.
+
+def distractor(prompt, j):
+    """A document that cannot answer `prompt`: an unused key and an unused value (j picks which)."""
+    words = " ".join(s.text for s in prompt.segments).split()
+    keys = [f"k{i}" for i in range(24) if f"k{i}" not in words]
+    values = [f"v{i}" for i in range(16) if f"v{i}" not in words]
+    return f"[DOC] {keys[(3 * j + 1) % len(keys)]} {values[(5 * j + 2) % len(values)]}"
+
+
+@pytest.fixture(scope="module")
+def orders(rag):
+    return pst.document_families(rag[0], distractors=distractor, max_added=1)
+
+
+def test_the_queried_document_is_necessary_in_every_order_and_beside_a_distractor(subject, orders):
+    pi.assert_stable(lambda f: pi.assert_document_necessary(subject, f.inputs, "gold", at_least=3.0), orders,
+                     spread=3.5)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="the first document matters only when the question asks about it (a third of prompts): "
+                          "position in the context is not what the model reads")
+def test_false_the_first_document_is_necessary_in_every_order(subject, orders):
+    pi.assert_stable(lambda f: pi.assert_document_necessary(subject, f.inputs, 0, at_least=3.0), orders)
