@@ -66,6 +66,28 @@ def t_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
     return (m - q * se, m + q * se)
 
 
+def wilson_interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Wilson score interval (two-sided, level 1 - alpha) for a rate: the mean of ``values`` in [0, 1] over ``n``
+    units (one value per unit: 0/1, or a unit's own fraction, counted as that many successes). Holds its level
+    near 0 and 1, where a bootstrap of 0/1 values collapses to a point."""
+    v = _at_least_two(values)
+    if bool(((v < 0) | (v > 1)).any()):
+        raise InterpError("a rate interval needs values in [0, 1]", expected="per-unit rates", seen=f"min {v.min()}, "
+                          f"max {v.max()}", fix="use the mean interval for unbounded values")
+    n = v.size
+    p = float(v.mean())
+    z = _normal_quantile(1 - alpha / 2)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _normal_quantile(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
 def t_p_value(values: np.ndarray, bound: float, *, greater: bool) -> float:
     """One-sided p-value of Student's t test of H0: mean <= bound (``greater``) or mean >= bound."""
     v = np.asarray(values, dtype=np.float64)

@@ -458,3 +458,48 @@ def intervened_logits(subject: Subject, tokens: torch.Tensor, rows: torch.Tensor
             lambda m, a, out: out + embed_delta.to(device=out.device, dtype=out.dtype)))
     with hooks(handles):
         return logits(subject, tokens, what=what)
+
+
+def module_inputs(subject: Subject, tokens: torch.Tensor, module: Any) -> torch.Tensor:
+    """The input of ``module`` (its first positional argument) on ``tokens``: ``[batch, seq, d_in]``, no gradient."""
+    got: list[torch.Tensor] = []
+
+    def read(mod: Any, args: tuple[Any, ...]) -> None:
+        got.append(args[0].detach().clone())
+        return None
+    for rows in chunks(tokens.shape[0]):
+        with hooks([module.register_forward_pre_hook(read)]):
+            forward(subject, tokens[rows.to(tokens.device)])
+    if not got:
+        raise InterventionNoOpError("reading a module's input captured nothing", expected="the hook to fire",
+                                    seen="no call", fix="check the adapter for this model")
+    return torch.cat(got)
+
+
+def fit_delta(subject: Subject, tokens: torch.Tensor, module: Any, where: torch.Tensor,
+              objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dim: int, *, steps: int,
+              lr: float, stop_below: float = 0.0) -> tuple[torch.Tensor, list[float]]:
+    """One vector ``delta [dim]`` added to ``module``'s output at the positions ``where [batch, seq]``, fitted by
+    Adam to minimise ``objective(logits, delta)`` over the whole batch (at most ``steps`` steps; it stops once the
+    loss is below ``stop_below``); returns it and the loss per step. Only ``delta`` is optimised: the weights get
+    no gradient and are never changed."""
+    delta = torch.zeros(dim, device=tokens.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+    mask = where.to(tokens.device)[..., None]
+
+    def add(mod: Any, args: Any, out: Any) -> Any:
+        hidden = out[0] if isinstance(out, tuple) else out
+        new = hidden + mask.to(hidden.dtype) * delta.to(hidden.dtype)
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+    losses = []
+    for _ in range(steps):
+        with hooks([module.register_forward_hook(add)]):
+            out = forward(subject, tokens, grad=True)
+        loss = objective(finite(logits_of(out), "edit optimisation"), delta)
+        losses.append(float(loss.detach()))
+        if losses[-1] < stop_below:
+            break
+        (g,) = torch.autograd.grad(loss, [delta])
+        delta.grad = g
+        opt.step()
+    return delta.detach(), losses
