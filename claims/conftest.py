@@ -112,3 +112,26 @@ def sums():
             "answer_loss": pi.metrics.loss(mask=answer),
             # 240 problems for probes: the carry label, and each problem's (a0, b0) as the control task's type
             "probe": (p["ids"][:240, :9], p["carry"][:240].long(), ((p["a"][:240] % 10) * 10 + p["b"][:240] % 10).tolist())}
+
+
+@pytest.fixture(scope="module")
+def sums_with_chains():
+    """200 held-out problems for fixtures/cot-*-gpt2 (seed 0) as chains `<bos> x1 + x2 + x3 + x4 :` -> the running
+    sums c1 c2 c3 -> `=`; `mistaken`: the same problems with step c1 changed (c1 + 1 + r mod 10, r seeded) and the
+    later steps recomputed from it, so the chain stays self-consistent but ends at another value."""
+    import pytest_interp as pi
+
+    mod = fixture_module("train_cot_gpt2")
+    p = mod.make_problems("heldout", n=200, seed=0)
+    x, chain = p["x"], p["chain"]
+    g = torch.Generator().manual_seed(0)
+    r = torch.randint(0, 9, (len(x),), generator=g)
+    wrong = mod.propagate(x, chain, torch.zeros(len(x), dtype=torch.long), (chain[:, 0] + 1 + r) % 10)
+
+    def chains(c):
+        return [pi.Chain("<bos> " + " + ".join(str(int(v)) for v in xi) + " :", [str(int(v)) for v in ci], "=")
+                for xi, ci in zip(x, c)]
+    right, mistaken = chains(chain), chains(wrong)
+    by_question = {c.question: m.steps for c, m in zip(right, mistaken)}
+    # corrupt= for the mistake test: each chain's mistaken version
+    return {"chains": right, "mistaken": mistaken, "corrupt": lambda chain: by_question[chain.question]}
