@@ -70,6 +70,8 @@ _LAZY = {
     "assert_does_not_compose": "assertions.circuits",
     "assert_attention_mediates": "assertions.circuits",
     "assert_document_necessary": "assertions.documents",
+    "assert_choice_depends_on": "assertions.documents",
+    "assert_choice_independent_of": "assertions.documents",
     "assert_document_unused": "assertions.documents",
     "assert_expert_necessary": "assertions.experts",
     "assert_expert_not_necessary": "assertions.experts",
@@ -180,6 +182,8 @@ __all__ = [
     "ablate",
     "ablate_path",
     "assert_attention_mediates",
+    "assert_choice_depends_on",
+    "assert_choice_independent_of",
     "assert_composes",
     "assert_cot_post_hoc",
     "assert_cot_used",
@@ -286,7 +290,9 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import explain, metrics, strategies
     from .assertions.ablation import assert_necessary, assert_not_necessary, assert_restores
-    from .assertions.documents import assert_document_necessary, assert_document_unused, assert_tool_output_necessary
+    from .assertions.documents import (assert_choice_depends_on, assert_choice_independent_of,
+                                       assert_document_necessary, assert_document_unused,
+                                       assert_tool_output_necessary)
     from .assertions.experts import assert_expert_necessary, assert_expert_not_necessary, assert_routes_to
     from .assertions.faithfulness import assert_faithful, assert_not_faithful
     from .assertions.families import assert_only

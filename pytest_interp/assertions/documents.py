@@ -54,3 +54,30 @@ def assert_document_unused(subject: Subject, prompts: Any, doc: Any, *, within: 
     return decide(f"{segment_name(doc, 'document')} is unused by the answer (|damage| <= {w:g})", eff,
                    -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]", f"|damage| <= {w:g}",
                    _acc(eff), kind="document_unused", bounds=(-w, w))
+
+
+def assert_choice_depends_on(subject: Subject, prompts: Any, segment: Any, *, at_least: float,
+                             kind: str = "tool_description", method: str = "delete", metric: str = "choice",
+                             alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Claim: the model's choice among the prompt's options (``pi.Prompt(..., choices=[...])``, e.g. the tools it
+    lists) depends on ``segment`` (a ``kind`` index or a name; default a tool description): removing it lowers
+    the answer's log-probability renormalised over the choices by at least ``at_least`` (lower CI bound)."""
+    __tracebackhide__ = True
+    t = threshold("at_least", at_least)
+    eff = leave_out(subject, prompts, segment, method=method, metric=metric, kind=kind, alpha=alpha, seed=seed)
+    return decide(f"the choice depends on {segment_name(segment, kind)} (damage >= {t:g})", eff, eff.ci[0] >= t,
+                  "lower CI bound >= threshold", f"damage >= {t:g}", _acc(eff), kind="choice_depends",
+                  bounds=(t,))
+
+
+def assert_choice_independent_of(subject: Subject, prompts: Any, segment: Any, *, within: float,
+                                 kind: str = "tool_description", method: str = "delete", metric: str = "choice",
+                                 alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Claim (equivalence): removing ``segment`` changes the choice's renormalised log-probability by less than
+    ``within`` either way (the whole CI inside ``[-within, within]``)."""
+    __tracebackhide__ = True
+    w = threshold("within", within, positive=True)
+    eff = leave_out(subject, prompts, segment, method=method, metric=metric, kind=kind, alpha=alpha, seed=seed)
+    return decide(f"the choice does not depend on {segment_name(segment, kind)} (|damage| <= {w:g})", eff,
+                  -w <= eff.ci[0] and eff.ci[1] <= w, "whole CI inside [-within, within]", f"|damage| <= {w:g}",
+                  _acc(eff), kind="choice_independent", bounds=(-w, w))

@@ -17,10 +17,12 @@ from ..core.settings import settings
 from ..engine.runner import logits
 from ..model.subject import Subject
 
-KINDS = ("text", "document", "question", "tool_call", "tool_output")
-_ALIASES = {"doc": "document", "tool": "tool_output", "output": "tool_output", "call": "tool_call"}
+KINDS = ("text", "document", "question", "tool_call", "tool_output", "tool_description", "request")
+_ALIASES = {"doc": "document", "tool": "tool_output", "output": "tool_output", "call": "tool_call",
+            "description": "tool_description"}
 METHODS = ("delete", "mask")
-SCORES = ("logprob", "prob", "accuracy")
+SCORES = ("logprob", "prob", "accuracy", "choice", "choice_accuracy")
+CHOICE_SCORES = ("choice", "choice_accuracy")
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class Prompt:
                   ("question", "[Q] k5 [A]"), answer="v3")
     """
 
-    def __init__(self, *segments: Any, answer: str | None = None) -> None:
+    def __init__(self, *segments: Any, answer: str | None = None, choices: Any = None) -> None:
         if len(segments) == 1 and isinstance(segments[0], (list, tuple)) and segments[0] and \
                 all(isinstance(s, (Segment, list, tuple)) for s in segments[0]):
             segments = tuple(segments[0])
@@ -81,6 +83,17 @@ class Prompt:
             raise InterpError("the answer must be a non-empty string", expected="e.g. answer='Paris'",
                               seen=repr(answer)[:60], fix="pass the expected continuation as text")
         self.answer = answer
+        if choices is not None:
+            choices = list(choices)
+            if not choices or not all(isinstance(c, str) and c.strip() for c in choices):
+                raise InterpError("choices must be the answers the model may choose from", expected="a non-empty "
+                                  "list of strings (e.g. the listed tools' names)", seen=repr(choices)[:60],
+                                  fix="pass choices=['t1', 't3', 't5']")
+            if answer is not None and answer not in choices:
+                raise InterpError("the answer is not among the choices", expected=f"one of {choices}",
+                                  seen=repr(answer), fix="add the answer to choices=")
+        self.choices: list[str] | None = choices
+        self._choice_ids: list[int] | None = None
         self._ids: list[int] | None = None
         self._spans: tuple[Span, ...] | None = None
         self._answer_ids: list[int] | None = None
@@ -126,6 +139,32 @@ class Prompt:
             raise InterpError("this prompt has no answer", expected="Prompt(..., answer='...')", seen="answer=None",
                               fix="give the continuation the claim is about")
         return self._ids, self._spans, self._answer_ids
+
+    def choice_ids(self, subject: Subject) -> list[int]:
+        """One token id per choice (as the answer would be tokenised after the prompt); an InterpError for a
+        prompt without choices, a choice of several tokens, or a choice that is not written in the prompt (a
+        choice metric compares the options the prompt offers)."""
+        if self._choice_ids is not None:
+            return self._choice_ids
+        if not self.choices:
+            raise InterpError("a choice metric needs the prompt's choices", expected="Prompt(..., answer=..., "
+                              "choices=[the options the prompt lists])", seen="choices=None",
+                              fix="pass choices=, or use metric='logprob'")
+        ids, _, _ = self.encode(subject)
+        out = []
+        for c in self.choices:
+            _, _, got = _encode(subject, self.segments, c)
+            if len(got) != 1:
+                raise InterpError(f"choice {c!r} is {len(got)} tokens", expected="one-token choices",
+                                  seen=f"{got}", fix="name options with one-token names, or use metric='logprob'")
+            body = subject._tokenize([c], "choice", special=False)[0]
+            if not any(ids[i:i + len(body)] == body for i in range(len(ids) - len(body) + 1)) and got[0] not in ids:
+                raise InterpError(f"choice {c!r} is not in the prompt", expected="choices the prompt lists (e.g. the "
+                                  "names of the tools it describes)", seen=f"no {c!r} in the prompt's tokens",
+                                  fix="list that option in the prompt, or drop it from choices=")
+            out.append(got[0])
+        self._choice_ids = out
+        return out
 
     def structure(self) -> tuple[str, ...]:
         return tuple(s.kind for s in self.segments)
@@ -261,11 +300,13 @@ def per_prompt(which: Any, n: int) -> list[Any]:
 
 @dataclass
 class Variant:
-    """One edited prompt: ids, which positions attention must skip, and the answer ids."""
+    """One edited prompt: ids, which positions attention must skip, the answer ids, and (for choice metrics) the
+    ids of the options the answer is chosen among."""
 
     ids: list[int]
     hidden: list[int]
     answer: list[int]
+    choices: list[int] | None = None
 
 
 def edit_prompt(ids: list[int], spans: tuple[Span, ...], answer: list[int], drop: list[Span], method: str,
@@ -294,12 +335,17 @@ def edit_prompt(ids: list[int], spans: tuple[Span, ...], answer: list[int], drop
 def score_variants(subject: Subject, variants: list[Variant], metric: str = "logprob") -> np.ndarray:
     """The answer's score under each variant (teacher-forced over the answer's tokens); runs equal lengths
     together. ``logprob``: summed log-probability; ``prob``: its exp; ``accuracy``: 1 if every answer token is
-    the argmax."""
+    the argmax; ``choice``: the answer's log-probability renormalised over the prompt's choices (one token each);
+    ``choice_accuracy``: 1 if the answer is the most likely choice."""
     if metric not in SCORES:
         raise InterpError(f"unknown answer metric {metric!r}", expected=f"one of {', '.join(SCORES)}",
                           seen=repr(metric), fix="e.g. metric='accuracy'")
+    if metric in CHOICE_SCORES and any(v.choices is None for v in variants):
+        raise InterpError(f"metric {metric!r} needs each prompt's choices", expected="prompts built with choices=",
+                          seen="a prompt without choices", fix="pass choices= to pi.Prompt")
+
     def parts() -> dict[str, Any]:
-        text = json.dumps([[v.ids, v.hidden, v.answer] for v in variants])
+        text = json.dumps([[v.ids, v.hidden, v.answer, v.choices] for v in variants])
         return {"model": subject.fingerprint, "kind": "answer score", "metric": metric,
                 "variants": hashlib.sha256(text.encode()).hexdigest(), "dtype": subject.dtype_key,
                 "device": str(subject.device), "attn": subject.attn_implementation,
@@ -330,7 +376,12 @@ def _run_variants(subject: Subject, variants: list[Variant], metric: str) -> np.
                 a = len(variants[i].answer)
                 lg = got[r, length - a - 1:length - 1].float()
                 tgt = full[r, length - a:]
-                if metric == "accuracy":
+                if metric in CHOICE_SCORES:
+                    ch = torch.as_tensor(variants[i].choices, device=lg.device)
+                    lp_c = torch.log_softmax(lg[0, ch], -1)  # over the options only
+                    mine = int((ch == tgt[0]).nonzero()[0]) if a == 1 else -1
+                    out[i] = float(lp_c.argmax() == mine) if metric == "choice_accuracy" else float(lp_c[mine])
+                elif metric == "accuracy":
                     out[i] = float((lg.argmax(-1) == tgt).all())
                 else:
                     lp = float(torch.log_softmax(lg, -1).gather(-1, tgt[:, None]).sum())

@@ -20,7 +20,7 @@ from ..engine.runner import attentions
 from ..model.checks import as_subject, check_layer
 from ..model.subject import Subject
 from .common import stat_args
-from .prompts import Prompt, Span, Variant, as_prompts, edit_prompt, per_prompt, score_variants, select
+from .prompts import CHOICE_SCORES, Prompt, Span, Variant, as_prompts, edit_prompt, per_prompt, score_variants, select
 
 
 def _encoded(subject: Subject, prompts: list[Prompt]) -> list[tuple[list[int], tuple[Span, ...], list[int]]]:
@@ -35,12 +35,16 @@ def _context_effect(subject: Subject, prompts: Any, edit: Any, *, what: str, met
     enc = _encoded(subject, ps)
     clean = [Variant(ids, [], ans) for ids, _, ans in enc]
     edited = [edit(i, ids, spans, ans) for i, (ids, spans, ans) in enumerate(enc)]
+    if metric in CHOICE_SCORES:
+        for prompt, cv, ev in zip(ps, clean, edited):
+            cv.choices = ev.choices = prompt.choice_ids(subject)
     c = score_variants(subject, clean, metric)
     e = score_variants(subject, edited, metric)
     details = {"clean_mean": float(c.mean()), "ablated_mean": float(e.mean())}
-    if metric != "accuracy":
-        details["clean_accuracy"] = float(score_variants(subject, clean, "accuracy").mean())
-        details["ablated_accuracy"] = float(score_variants(subject, edited, "accuracy").mean())
+    if metric not in ("accuracy", "choice_accuracy"):
+        acc = "choice_accuracy" if metric in CHOICE_SCORES else "accuracy"
+        details["clean_accuracy"] = float(score_variants(subject, clean, acc).mean())
+        details["ablated_accuracy"] = float(score_variants(subject, edited, acc).mean())
     return mean_effect(c - e, sites=(what,), method=f"context ablation ({method})", intervention=what,
                        metric=f"answer {metric}", higher_is_better=True, model=subject.identity(), details=details,
                        **stat_args(alpha, seed))
