@@ -219,6 +219,10 @@ def _rank_stability(labels: list[str], fams: list[Any], outs: list[Any], st: dic
 def _effect_stability(labels: list[str], effects: list[Effect], st: dict[str, Any]) -> Stability:
     vals = [np.asarray(e.values, dtype=float) for e in effects]
     means = np.array([v.mean() for v in vals])
+    if not abs(means.mean()) > 1e-12:
+        raise InterpError("the family effects average to zero: their coefficient of variation is undefined",
+                          expected="effects whose mean is not 0", seen=f"family means {np.round(means, 4).tolist()}",
+                          fix="compare the effects' range instead (pi.assert_stable(..., spread=))")
     rng = np.random.default_rng(st["seed"])
     boots = np.stack([np.array([v[rng.integers(0, len(v), len(v))].mean() for _ in range(st["n_boot"])])
                       for v in vals], 1)  # [n_boot, families]
