@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .core.errors import ClaimFailed, InterpError, InterpWarning, InterventionNoOpError
-from .core.sites import Site, attn, expert, head, last, mlp, resid, router
+from .core.sites import Site, attn, cross_attn, cross_head, expert, head, last, mlp, resid, router
 
 __version__ = "0.1.0"
 
@@ -71,6 +71,9 @@ _LAZY = {
     "assert_attention_mediates": "assertions.circuits",
     "assert_document_necessary": "assertions.documents",
     "assert_choice_depends_on": "assertions.documents",
+    "assert_read_and_relied_on": "assertions.documents",
+    "assert_read_not_relied_on": "assertions.documents",
+    "attention_mass": "experiments.segments",
     "assert_choice_independent_of": "assertions.documents",
     "assert_document_unused": "assertions.documents",
     "assert_expert_necessary": "assertions.experts",
@@ -211,11 +214,14 @@ __all__ = [
     "assert_probe_selective",
     "assert_rank_stable",
     "assert_rank_unstable",
+    "assert_read_and_relied_on",
+    "assert_read_not_relied_on",
     "assert_restores",
     "assert_routes_to",
     "assert_sae_faithful",
     "assert_stable",
     "assert_tool_output_necessary",
+    "attention_mass",
     "attn",
     "attribution_sweep",
     "block_attention",
@@ -223,6 +229,8 @@ __all__ = [
     "configure",
     "cot",
     "cot_chains",
+    "cross_attn",
+    "cross_head",
     "edge_screen",
     "edit",
     "editing",
@@ -290,7 +298,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from . import explain, metrics, strategies
     from .assertions.ablation import assert_necessary, assert_not_necessary, assert_restores
-    from .assertions.documents import (assert_choice_depends_on, assert_choice_independent_of,
+    from .assertions.documents import (assert_read_and_relied_on, assert_read_not_relied_on,
+                                       assert_choice_depends_on, assert_choice_independent_of,
                                        assert_document_necessary, assert_document_unused,
                                        assert_tool_output_necessary)
     from .assertions.experts import assert_expert_necessary, assert_expert_not_necessary, assert_routes_to
@@ -317,7 +326,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .experiments.prompts import Prompt, Segment
     from .experiments.routing import Routing, routing
     from .experiments.screen import attribution_sweep, rank_agreement
-    from .experiments.segments import (keep_only, leave_one_out, leave_out, provenance, replace_segment, shuffle_segments)
+    from .experiments.segments import (attention_mass, keep_only, leave_one_out, leave_out, provenance, replace_segment,
+                                       shuffle_segments)
     from .experiments.sweeps import Sweep, patch_sweep, sweep
     from .experiments.tracing import Trace, restore, trace
     from .model.adapters import Adapter, register as register_adapter

@@ -34,6 +34,7 @@ def shipped(path: Path):
     return pi.load(path)
 
 ARCHS = ["gpt2", "llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "olmoe", "gpt_neox", "bert"]
+ENCDEC_ARCHS = ["t5", "bart"]  # encoder-decoder models: their sites name a stack
 
 
 def tiny_model(arch: str, seed: int = 0, attn: str = "eager"):
@@ -67,9 +68,30 @@ def tiny_model(arch: str, seed: int = 0, attn: str = "eager"):
         cls, cfg = tf.BertForMaskedLM, tf.BertConfig(vocab_size=48, hidden_size=32, num_hidden_layers=2,
                                                      num_attention_heads=4, intermediate_size=64,
                                                      max_position_embeddings=64, pad_token_id=0)
+    elif arch == "t5":
+        cls, cfg = tf.T5ForConditionalGeneration, tf.T5Config(vocab_size=48, d_model=32, d_kv=8, num_heads=4, d_ff=64,
+                                                              num_layers=2, num_decoder_layers=3, dropout_rate=0.0,
+                                                              decoder_start_token_id=0, pad_token_id=0,
+                                                              eos_token_id=1)
+    elif arch == "bart":
+        cls, cfg = tf.BartForConditionalGeneration, tf.BartConfig(
+            vocab_size=48, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, bos_token_id=0,
+            eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)
     else:  # pragma: no cover
         raise ValueError(arch)
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     model = cls(cfg).eval()
     return model
+
+
+def word_tokenizer(words: list[str]):
+    """A fast word-level tokenizer over ``words`` (split on whitespace, no special tokens added)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=words[0], eos_token=words[1])

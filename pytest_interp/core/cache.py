@@ -83,7 +83,8 @@ def site_key(site: Any) -> str:
     if site.kind == "feature":  # the SAE's weights, its host and which features
         idx = hashlib.sha256(repr(site.features).encode()).hexdigest()[:16]
         return f"feature:{site.sae.fingerprint}:{site_key(site.host)}:{idx}:{pos}"
-    return f"{site.kind}:{site.layer}:{site.index}:{pos}"
+    stack = "" if getattr(site, "stack", None) is None else f"{site.stack}:"  # an encoder-decoder model's stack
+    return f"{stack}{site.kind}:{site.layer}:{site.index}:{pos}"
 
 
 @dataclass

@@ -215,6 +215,12 @@ class GenerationMetric(Metric):
         return None if base is None else {**base, "decoding": self.decoding.spec()}
 
     def check_subject(self, subject: Any) -> None:
+        if getattr(subject, "encoder_decoder", False):
+            raise InterpError(f"{self.name} generates text, and generation of encoder-decoder models is not "
+                              "supported", expected="a causal LM (generation runs the prompt and the text so far)",
+                              seen=f"an encoder-decoder model ({getattr(subject, 'class_name', '?')})",
+                              fix="score its decoder's first prediction (pi.metrics.logprob(answer)) or the "
+                                  "teacher-forced answer of pi.Prompt experiments")
         if not getattr(subject, "causal", True):
             raise InterpError(f"{self.name} generates text and this model is not a causal LM",
                               expected="a left-to-right language model with an LM head",

@@ -7,7 +7,9 @@ from typing import Any, Iterable
 
 from .errors import InterpError
 
-KINDS = ("head", "attn", "mlp", "resid", "expert", "router", "feature")
+KINDS = ("head", "attn", "mlp", "resid", "expert", "router", "feature", "cross_head", "cross_attn")
+#: the stacks of an encoder-decoder model a site can name
+STACKS = ("encoder", "decoder")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Site:
         positions: token positions the site is restricted to (``None``: all).
         host, sae, features: for SAE features (``sae.feature(i)``): the site the SAE reads, the SAE and the
             feature indices.
+        stack: in an encoder-decoder model, ``"encoder"`` or ``"decoder"``: which stack the layer belongs to
+            (cross-attention sites are the decoder's); ``None`` in a model with one stack.
     """
 
     kind: str
@@ -100,6 +104,12 @@ class Site:
     host: Site | None = None
     sae: Any = None
     features: tuple[int, ...] = ()
+    stack: str | None = None
+
+    @property
+    def decoder_side(self) -> bool:
+        """Whether the site's activations run over the decoder's positions (an encoder-decoder model's decoder)."""
+        return self.host_site.stack == "decoder"
 
     def at(self, positions: Any) -> Site:
         """Restrict the site to token positions: an int, a list of ints, a slice, or a bool mask [batch, seq].
@@ -127,7 +137,10 @@ class Site:
         return replace(self, positions=None)
 
     def __str__(self) -> str:
-        name = f"{self.kind} {self.layer}" if self.index is None else f"{self.kind} {self.layer}.{self.index}"
+        kind = self.kind.replace("_", " ")
+        if self.stack is not None and not self.kind.startswith("cross"):
+            kind = f"{self.stack} {kind}"
+        name = f"{kind} {self.layer}" if self.index is None else f"{kind} {self.layer}.{self.index}"
         if self.kind == "feature":
             shown = ", ".join(map(str, self.features[:4])) + (", ..." if len(self.features) > 4 else "")
             name = f"{'feature' if len(self.features) == 1 else 'features'} {shown} ({self.host})"
@@ -151,24 +164,44 @@ def _check_int(name: str, value: Any) -> int:
     return value
 
 
-def head(layer: int, head: int) -> Site:
-    """The output of one attention head, at the input of the attention out-projection."""
-    return Site("head", _check_int("layer", layer), _check_int("head", head))
+def _check_stack(stack: Any) -> str | None:
+    if stack is not None and stack not in STACKS:
+        raise InterpError(f"unknown stack {stack!r}", expected="'encoder' or 'decoder' (an encoder-decoder model's "
+                          "stacks), or None for a model with one stack", seen=repr(stack),
+                          fix="pass stack='encoder' or stack='decoder'")
+    return stack
 
 
-def attn(layer: int) -> Site:
+def head(layer: int, head: int, *, stack: str | None = None) -> Site:
+    """The output of one attention head, at the input of the attention out-projection. In an encoder-decoder
+    model name the stack: ``pi.head(1, 0, stack="encoder")`` (self-attention; see :func:`cross_head`)."""
+    return Site("head", _check_int("layer", layer), _check_int("head", head), stack=_check_stack(stack))
+
+
+def attn(layer: int, *, stack: str | None = None) -> Site:
     """The attention block's output (after the out-projection, before it joins the residual stream)."""
-    return Site("attn", _check_int("layer", layer))
+    return Site("attn", _check_int("layer", layer), stack=_check_stack(stack))
 
 
-def mlp(layer: int) -> Site:
+def mlp(layer: int, *, stack: str | None = None) -> Site:
     """The MLP (or MoE block) output, before it joins the residual stream."""
-    return Site("mlp", _check_int("layer", layer))
+    return Site("mlp", _check_int("layer", layer), stack=_check_stack(stack))
 
 
-def resid(layer: int) -> Site:
-    """The residual stream entering ``layer``; ``resid(n_layers)`` is the final stream."""
-    return Site("resid", _check_int("layer", layer))
+def resid(layer: int, *, stack: str | None = None) -> Site:
+    """The residual stream entering ``layer``; ``resid(n_layers)`` is the final stream (before any final norm)."""
+    return Site("resid", _check_int("layer", layer), stack=_check_stack(stack))
+
+
+def cross_head(layer: int, head: int) -> Site:
+    """One cross-attention head of decoder block ``layer`` of an encoder-decoder model: its output, at the input
+    of the cross-attention out-projection (the decoder reading the encoder)."""
+    return Site("cross_head", _check_int("layer", layer), _check_int("head", head), stack="decoder")
+
+
+def cross_attn(layer: int) -> Site:
+    """The cross-attention block's output of decoder block ``layer`` (after its out-projection)."""
+    return Site("cross_attn", _check_int("layer", layer), stack="decoder")
 
 
 def expert(layer: int, e: int) -> Site:
@@ -188,7 +221,8 @@ def as_sites(sites: Site | Iterable[Site]) -> tuple[Site, ...]:
     if isinstance(sites, (str, bytes)) or not isinstance(sites, Iterable):
         raise InterpError("sites must be a Site or a list of Sites", expected="e.g. pi.head(1, 0) or "
                           "[pi.head(1, 0), pi.head(1, 2)]", seen=repr(sites)[:80],
-                          fix="build sites with pi.head / pi.attn / pi.mlp / pi.resid / pi.expert / pi.router")
+                          fix="build sites with pi.head / pi.attn / pi.mlp / pi.resid / pi.expert / pi.router / "
+                              "pi.cross_head / pi.cross_attn")
     out = tuple(sites)
     if not out:
         raise InterpError("no sites given", expected="at least one Site", seen="an empty collection",

@@ -136,8 +136,9 @@ def install(subject: Subject, site: Site, transform: Callable[[Any], Any]) -> An
     ad = subject.adapter
     if site.kind == "feature":
         return _install_features(subject, site, transform)
-    if site.kind == "head":
+    if site.kind in ("head", "cross_head"):
         sl = slice(site.number * ad.head_dim, (site.number + 1) * ad.head_dim)
+        out_proj = ad.cross_attn_out(site.layer) if site.kind == "cross_head" else ad.attn_out(site.layer, site.stack)
 
         def pre(module: Any, args: tuple[Any, ...]) -> Any:
             x = args[0]
@@ -148,8 +149,8 @@ def install(subject: Subject, site: Site, transform: Callable[[Any], Any]) -> An
             x[..., sl] = new
             return (x, *args[1:])
 
-        return ad.attn_out(site.layer).register_forward_pre_hook(pre)
-    if site.kind == "resid" and site.layer < ad.n_layers:
+        return out_proj.register_forward_pre_hook(pre)
+    if site.kind == "resid" and site.layer < ad.layers_of(site.stack):
         def pre_kw(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if args:
                 new = transform(args[0])
@@ -157,15 +158,17 @@ def install(subject: Subject, site: Site, transform: Callable[[Any], Any]) -> An
             new = transform(kwargs["hidden_states"])
             return None if new is None else (args, {**kwargs, "hidden_states": new})
 
-        return ad.block(site.layer).register_forward_pre_hook(pre_kw, with_kwargs=True)
+        return ad.block(site.layer, site.stack).register_forward_pre_hook(pre_kw, with_kwargs=True)
     if site.kind == "expert":
         return install_router(subject, site.layer, transform)
     if site.kind == "resid":
-        module = ad.block(ad.n_layers - 1)
+        module = ad.block(ad.layers_of(site.stack) - 1, site.stack)
     elif site.kind == "attn":
-        module = ad.attn_out(site.layer)
+        module = ad.attn_out(site.layer, site.stack)
+    elif site.kind == "cross_attn":
+        module = ad.cross_attn_out(site.layer)
     elif site.kind == "mlp":
-        module = ad.mlp(site.layer)
+        module = ad.mlp(site.layer, site.stack)
     else:  # pragma: no cover - check_site rejects the rest
         raise InterpError(f"unsupported site {site}")
 

@@ -437,7 +437,7 @@ class Steer(Intervention):
 
 def as_direction(subject: Subject, site: Site, direction: Any, who: str) -> torch.Tensor:
     """``direction`` as a float32 vector as wide as ``site``'s activation, or an InterpError."""
-    width = subject.adapter.head_dim if site.kind == "head" else subject.adapter.hidden_size
+    width = subject.adapter.head_dim if site.kind in ("head", "cross_head") else subject.adapter.hidden_size
     if direction is None:
         raise InterpError(f"{who} on {site} needs a direction", expected=f"a vector of {width} numbers",
                           seen="direction=None", fix=f"pass direction=... (e.g. a probe's weight vector)")

@@ -84,8 +84,13 @@ def forward(subject: Subject, tokens: torch.Tensor | None = None, *, embeds: tor
     """One forward pass of ``tokens`` (or input ``embeds``); returns the model output. This is the only call of
     the model in the package."""
     release_freed_buffers()
-    if subject.adapter.causal:
+    if subject.adapter.causal or subject.encoder_decoder:
         kwargs.setdefault("use_cache", False)
+    if subject.encoder_decoder and "decoder_input_ids" not in kwargs and "decoder_inputs_embeds" not in kwargs:
+        # the encoder reads the inputs; the decoder starts from its start token, so logits are its first prediction
+        n = (tokens if tokens is not None else embeds).shape[0]  # type: ignore[union-attr]
+        kwargs["decoder_input_ids"] = torch.full((n, 1), subject.decoder_start_id, dtype=torch.long,
+                                                 device=subject.device)
     if tokens is not None and ragged(tokens):
         # padding: any real id goes in (a causal model's real tokens never attend to the padding after them;
         # an encoder's attention masks it out), so every real position computes what it does alone
@@ -115,7 +120,7 @@ def bind_lengths(edits: list[Edit], tokens: torch.Tensor) -> None:
     example's own end)."""
     lens = batch_lengths(tokens)
     for e in edits:
-        e.lengths = lens
+        e.lengths = None if e.site.decoder_side else lens  # decoder positions are the same in every example
 
 
 def run(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: ScoreFn, *,
@@ -184,8 +189,11 @@ def generate(subject: Subject, tokens: torch.Tensor, decoding: Any, edits: list[
     from ..core.decoding import cut_at_stop
 
     if not subject.adapter.causal:
+        seen = "an encoder-decoder model" if subject.encoder_decoder else "an encoder"
         raise InterpError("generation needs a causal LM", expected="a left-to-right language model",
-                          seen=f"{subject.class_name} (an encoder)", fix="score it with a single-pass metric")
+                          seen=f"{subject.class_name} ({seen})",
+                          fix="score it with a single-pass metric (an encoder-decoder model's is its decoder's "
+                              "first prediction)")
     batch, width = tokens.shape
     n, new = decoding.n, decoding.max_new_tokens
     prompts = tokens[rows.to(tokens.device)].repeat_interleave(n, 0)
@@ -371,18 +379,41 @@ def capture(subject: Subject, tokens: torch.Tensor, sites: list[Site]) -> dict[S
     return {s: memo[(key, s)] for s in sites}
 
 
+ATTENTIONS = {"self": "attentions", "encoder": "encoder_attentions", "decoder": "decoder_attentions",
+              "cross": "cross_attentions"}
+
+
 def attentions(subject: Subject, tokens: torch.Tensor, layers: list[int] | None = None, *,
-               switch: bool = True) -> list[torch.Tensor]:
+               switch: bool = True, which: str = "self", decoder: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Attention weights per layer (all layers, or ``layers``): each ``[batch, heads, query, key]`` float32 on the
-    CPU. Switches SDPA/flash attention to eager (with a warning) or, with ``switch=False``, refuses."""
-    layers_l = list(range(subject.n_layers)) if layers is None else list(layers)
+    CPU. Switches SDPA/flash attention to eager (with a warning) or, with ``switch=False``, refuses.
+
+    ``which``: ``"self"`` for a model with one stack; for an encoder-decoder model ``"encoder"`` (encoder
+    self-attention), ``"decoder"`` (decoder self-attention) or ``"cross"`` (the decoder's queries over the encoder's
+    tokens: ``[batch, heads, decoder position, encoder token]``), as ``output_attentions=True`` returns them. The
+    decoder reads ``decoder`` ``[batch, t]`` (default: its start token)."""
+    if which not in ATTENTIONS:
+        raise InterpError(f"unknown attention {which!r}", expected=f"one of {', '.join(ATTENTIONS)}",
+                          seen=repr(which), fix="e.g. which='cross'")
+    if subject.encoder_decoder and which == "self":
+        raise InterpError("an encoder-decoder model has several attentions", expected="which='encoder', 'decoder' "
+                          "or 'cross'", seen="which='self'", fix="say which attention to read")
+    if not subject.encoder_decoder and which != "self":
+        raise InterpError(f"{which} attention needs an encoder-decoder model",
+                          expected="a model with an encoder and a decoder (T5, BART)",
+                          seen=f"a {'decoder-only' if subject.causal else 'encoder-only'} model with self-attention "
+                               "only", fix="read its self-attention (the default)")
+    stack = "decoder" if which in ("decoder", "cross") else None
+    n = subject.n_decoder_layers if stack else subject.n_layers
+    layers_l = list(range(n)) if layers is None else list(layers)
     for layer in layers_l:
-        check_layer(subject, layer)
+        check_layer(subject, layer, stack=stack)
     subject.ensure_eager(switch=switch)
     parts: list[list[torch.Tensor]] = [[] for _ in layers_l]
     for rows in chunks(tokens.shape[0]):
-        out = forward(subject, tokens[rows.to(tokens.device)], output_attentions=True)
-        att = getattr(out, "attentions", None)
+        extra: dict[str, Any] = {} if decoder is None else {"decoder_input_ids": decoder[rows.to(decoder.device)]}
+        out = forward(subject, tokens[rows.to(tokens.device)], output_attentions=True, **extra)
+        att = getattr(out, ATTENTIONS[which], None)
         if not att or any(att[layer] is None for layer in layers_l):
             raise InterpError("the model returned no attention weights",
                               expected="attentions from output_attentions=True",
@@ -401,8 +432,10 @@ def embed(subject: Subject, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def embedding(subject: Subject) -> Any:
-    """The model's input embedding module, or an InterpError if it has none."""
-    emb = subject.model.get_input_embeddings()
+    """The model's input embedding module (an encoder-decoder model's encoder's), or an InterpError if it has
+    none."""
+    model = subject.model
+    emb = model.get_encoder().get_input_embeddings() if subject.encoder_decoder else model.get_input_embeddings()
     if emb is None:
         raise InterpError("the model has no input embedding module", expected="get_input_embeddings()",
                           seen="None", fix="use a model whose input embeddings transformers can locate")

@@ -276,8 +276,11 @@ def run_sites(subject: Subject, tokens: torch.Tensor, edits: list[Edit], score: 
     n_layers = subject.n_layers
     batch, seq = tokens.shape
     work = Work(naive=len(edits) * n_layers * batch * seq)
-    if getattr(score, "output", "logits") == "generation":  # every step of every edit's text is its own run
-        return [run(subject, tokens, [e], score) for e in edits], Work(run=work.naive, naive=work.naive)
+    if getattr(score, "output", "logits") == "generation" or subject.encoder_decoder:
+        # every step of every edit's text is its own run; an encoder-decoder model runs whole (its decoder's blocks
+        # read the encoder's output, so neither stack's blocks can be replayed from a clean pass alone)
+        return [run(subject, tokens, [e], score, needs_clean=needs_clean) for e in edits], \
+            Work(run=work.naive, naive=work.naive)
     parts: list[list[torch.Tensor]] = [[] for _ in edits]
     # prefix reuse splices clean logits before a site's position: not for one output per example (classifiers)
     causal = bool(subject.adapter.causal) and reuse_prefix and not getattr(score, "pooled", False)

@@ -51,7 +51,7 @@ def prepare_ablation(subject: Subject, sites_t: tuple[Site, ...], how: Intervent
     how = how.for_inputs(tokens)
     for s in sites_t:
         check_site(subject, s, tokens)
-    score = metric.bind(subject, tokens)
+    score = metric.bind(subject, subject.decoder_tokens(tokens))
     return how, tokens, score, cached_run(subject, tokens, metric, score)
 
 

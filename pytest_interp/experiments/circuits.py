@@ -89,7 +89,7 @@ def ablate_path(subject: Subject, p: Path, *, inputs: Any, metric: Metric, how: 
     tokens = subject.tokens(inputs)
     p = _check_path(subject, p, tokens)
     how = resolve_how((p.sender,), how).for_inputs(tokens)
-    score = metric.bind(subject, tokens)
+    score = metric.bind(subject, subject.decoder_tokens(tokens))
     if p.via:
         subject.ensure_eager()  # attention is edited through the eager function: the clean run uses it too
     clean = cached_run(subject, tokens, metric, score)
@@ -106,7 +106,7 @@ def patch_path(subject: Subject, p: Path, *, clean: Any, corrupt: Any, metric: M
     tokens = subject.tokens(clean, name="clean")
     p = _check_path(subject, p, tokens)
     how = Patch(source=corrupt, label="patch from corrupt")
-    score = metric.bind(subject, tokens)
+    score = metric.bind(subject, subject.decoder_tokens(tokens))
     if p.via:
         subject.ensure_eager()
     base = cached_run(subject, tokens, metric, score)
@@ -250,7 +250,7 @@ def block_attention(subject: Subject, head_site: Site, *, keys: Any, inputs: Any
     pairs = _as_pairs(keys, tokens)
     if control:
         pairs = matched_keys(pairs, tokens, bool(subject.adapter.causal), st["seed"])
-    score = metric.bind(subject, tokens)
+    score = metric.bind(subject, subject.decoder_tokens(tokens))
     subject.ensure_eager()
     clean = cached_run(subject, tokens, metric, score)
     hit = _head_edit(subject, head_site, tokens, metric, score,
@@ -287,7 +287,7 @@ def patch_pattern(subject: Subject, head_site: Site, *, clean: Any, corrupt: Any
         raise InterpError("clean and corrupt inputs have different shapes", expected=str(list(tokens.shape)),
                           seen=str(list(source.shape)), fix="align clean and corrupt token for token")
     st = stat_args(alpha, seed)
-    score = metric.bind(subject, tokens)
+    score = metric.bind(subject, subject.decoder_tokens(tokens))
     subject.ensure_eager()
     base = cached_run(subject, tokens, metric, score)
     pattern = attentions(subject, source, [head_site.layer])[0][:, head_site.number]
@@ -351,7 +351,7 @@ def edge_screen(subject: Subject, senders: list[Site] | None = None, receivers: 
     subject.ensure_eager()
     weights = how.weights(tokens.shape[0])
     replace = {s: [how.prepare_run(subject, s, tokens, i) for i in range(len(weights))] for s in senders}
-    score = metric.bind(subject, tokens)
+    score = metric.bind(subject, subject.decoder_tokens(tokens))
     sign = -1.0 if metric.higher_is_better else 1.0
     layers = sorted({r.layer for r in receivers})
     est: dict[Path, list[torch.Tensor]] = {p: [] for p in paths}

@@ -65,35 +65,56 @@ def _prepare(subject: Subject, inputs: Any, answer: Any, position: int) -> tuple
 # attention-based
 # --------------------------------------------------------------------------------------------------------------
 
-def attention_weights(subject: Subject, inputs: Any, layer: int, *, switch: bool = True) -> torch.Tensor:
+def _which(subject: Subject, which: str | None) -> str:
+    """The attention to read: ``which``, or by default self-attention (one stack) or cross-attention (an
+    encoder-decoder model's decoder reading the encoder)."""
+    return which if which is not None else ("cross" if subject.encoder_decoder else "self")
+
+
+def attention_weights(subject: Subject, inputs: Any, layer: int, *, switch: bool = True,
+                      which: str | None = None) -> torch.Tensor:
     """Attention weights of every head of ``layer``: ``[batch, heads, query, key]``. A model on SDPA or flash
     attention is switched to eager (with an InterpWarning), or with ``switch=False`` refused: those kernels return
-    no weights. Weights show what was visible, not what mattered."""
+    no weights. Weights show what was visible, not what mattered.
+
+    For an encoder-decoder model ``which`` is ``"cross"`` (default: decoder queries over the encoder's tokens,
+    ``layer`` a decoder layer), ``"encoder"`` or ``"decoder"`` (self-attention of that stack)."""
     subject = as_subject(subject)
-    check_layer(subject, layer)
-    return attentions(subject, subject.tokens(inputs), [layer], switch=switch)[0]
+    return attentions(subject, subject.tokens(inputs), [layer], switch=switch, which=_which(subject, which))[0]
 
 
 def attention(subject: Subject, inputs: Any, *, layer: int | None = None, head: int | None = None,
-              position: int = -1) -> Attribution:
+              position: int = -1, which: str | None = None) -> Attribution:
     """Raw attention from ``position`` to every token: one head (``layer`` and ``head``), the mean over a
-    layer's heads (``layer``), or the mean over all layers and heads (neither)."""
-    subject, tokens, _ = _prepare(subject, inputs, None, position)
+    layer's heads (``layer``), or the mean over all layers and heads (neither).
+
+    For an encoder-decoder model the default is cross-attention: from decoder position ``position`` (its start
+    token: ``-1`` or ``0``) to every encoder token, over decoder layers; ``which="encoder"`` reads the encoder's
+    self-attention instead."""
+    subject = as_subject(subject)
+    which = _which(subject, which)
+    reads_decoder = which in ("cross", "decoder")
+    subject, tokens, _ = _prepare(subject, inputs, None, -1 if reads_decoder else position)
+    if reads_decoder and position not in (-1, 0):
+        raise InterpError(f"decoder position {position!r} does not exist", expected="-1 or 0: the decoder reads its "
+                          "start token", seen=f"position={position!r}", fix="pass position=-1")
     if head is not None and layer is None:
         raise InterpError("head= needs layer=", expected="layer= and head= together", seen=f"head={head}",
                           fix="e.g. layer=1, head=0")
     if layer is not None:
-        check_layer(subject, layer)
+        check_layer(subject, layer, stack="decoder" if reads_decoder else None)
     if head is not None and not 0 <= head < subject.n_heads:
         raise InterpError(f"head {head} is out of range", expected=f"0..{subject.n_heads - 1}", seen=str(head),
                           fix="count heads from 0")
-    att = attentions(subject, tokens)
+    att = attentions(subject, tokens, which=which)
     rows = torch.stack([a[:, :, position] for a in att], 1)  # [n, layers, heads, k]
     if layer is not None:
         rows = rows[:, layer:layer + 1]
     if head is not None:
         rows = rows[:, :, head:head + 1]
     where = "all layers and heads" if layer is None else (f"layer {layer}" if head is None else f"head {layer}.{head}")
+    if which != "self":
+        where = f"{which}, {where}"
     return Attribution(rows.mean((1, 2)).double().numpy(), f"attention ({where})", tokens, position,
                        {"per_head": rows.double().numpy()})
 

@@ -65,7 +65,7 @@ class PreparedPatch:
                               fix="pad or choose prompts so the two batches tokenise to equal shapes")
         self.metric, self.into = metric, into
         self.sign = sign = 1.0 if metric.higher_is_better else -1.0
-        score_c, score_k = metric.bind(subject, tc), metric.bind(subject, tk)
+        score_c, score_k = metric.bind(subject, subject.decoder_tokens(tc)), metric.bind(subject, subject.decoder_tokens(tk))
         self.k = k = to_np(cached_run(subject, tc, metric, score_c)) * sign
         self.c = c = to_np(cached_run(subject, tk, metric, score_k)) * sign
         self.gap = gap = float(k.mean() - c.mean())

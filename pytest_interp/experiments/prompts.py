@@ -71,7 +71,7 @@ class Prompt:
                   ("question", "[Q] k5 [A]"), answer="v3")
     """
 
-    def __init__(self, *segments: Any, answer: str | None = None, choices: Any = None) -> None:
+    def __init__(self, *segments: Any, answer: str | None = None, choices: Any = None, decoder: Any = None) -> None:
         if len(segments) == 1 and isinstance(segments[0], (list, tuple)) and segments[0] and \
                 all(isinstance(s, (Segment, list, tuple)) for s in segments[0]):
             segments = tuple(segments[0])
@@ -93,6 +93,16 @@ class Prompt:
                 raise InterpError("the answer is not among the choices", expected=f"one of {choices}",
                                   seen=repr(answer), fix="add the answer to choices=")
         self.choices: list[str] | None = choices
+        if decoder is None:
+            self.decoder: tuple[Segment, ...] = ()
+        elif isinstance(decoder, str):
+            self.decoder = (Segment("text", decoder),)
+        elif isinstance(decoder, (Segment, tuple)) and not (isinstance(decoder, tuple) and decoder and
+                                                             isinstance(decoder[0], (Segment, list, tuple))):
+            self.decoder = (_segment(decoder),)
+        else:
+            self.decoder = tuple(_segment(d) for d in decoder)
+        self._decoder_ids: list[int] = []
         self._choice_ids: list[int] | None = None
         self._ids: list[int] | None = None
         self._spans: tuple[Span, ...] | None = None
@@ -127,14 +137,28 @@ class Prompt:
                                   seen=f"{a[0]} [{a[1]}, {a[2]}) and {b[0]} [{b[1]}, {b[2]})",
                                   fix="split the tokens so that each belongs to at most one segment")
         out.segments = tuple(Segment(k, f"<tokens {s}:{e}>", n) for k, s, e, n in raw)
+        out.decoder, out._decoder_ids = (), []
         out._ids = ids_l
         out._spans = _number(raw)
         return out
 
     def encode(self, subject: Subject) -> tuple[list[int], tuple[Span, ...], list[int]]:
         """Token ids of the prompt, each segment's span, and the answer's ids (tokenised once, memoised)."""
+        if self.decoder and not subject.encoder_decoder:
+            raise InterpError("this prompt has a decoder side, and the model has one stack",
+                              expected="decoder= only for an encoder-decoder model (T5, BART)",
+                              seen=f"a {'decoder-only' if subject.causal else 'encoder-only'} "
+                                   f"{subject.adapter_spec.name} model",
+                              fix="put the text in the prompt's segments, before the answer")
         if self._ids is None or self._spans is None:
-            self._ids, self._spans, self._answer_ids = _encode(subject, self.segments, self.answer)
+            if subject.encoder_decoder:  # the segments are the encoder's input; the answer the decoder's output
+                self._ids, self._spans, _ = _encode(subject, self.segments, None)
+                if self.answer is not None:
+                    self._answer_ids = subject._tokenize([self.answer], "answer", special=False)[0]
+                if self.decoder:
+                    self._decoder_ids = _encode(subject, self.decoder, None)[0]
+            else:
+                self._ids, self._spans, self._answer_ids = _encode(subject, self.segments, self.answer)
         if not self._answer_ids:
             raise InterpError("this prompt has no answer", expected="Prompt(..., answer='...')", seen="answer=None",
                               fix="give the continuation the claim is about")
@@ -153,7 +177,8 @@ class Prompt:
         ids, _, _ = self.encode(subject)
         out = []
         for c in self.choices:
-            _, _, got = _encode(subject, self.segments, c)
+            got = (subject._tokenize([c], "choice", special=False)[0] if subject.encoder_decoder else
+                   _encode(subject, self.segments, c)[2])
             if len(got) != 1:
                 raise InterpError(f"choice {c!r} is {len(got)} tokens", expected="one-token choices",
                                   seen=f"{got}", fix="name options with one-token names, or use metric='logprob'")
@@ -165,6 +190,30 @@ class Prompt:
             out.append(got[0])
         self._choice_ids = out
         return out
+
+    @property
+    def decoder_ids(self) -> list[int]:
+        """The decoder's input after its start token (encoder-decoder models; empty unless ``decoder=``)."""
+        return self._decoder_ids
+
+    def on_encoder(self, which: Any, default_kind: str, where: str) -> None:
+        """An InterpError when ``which`` names a segment of the decoder side: segment edits change the encoder's
+        input, which the decoder reads through cross-attention."""
+        if not self.decoder:
+            return
+        kind, key = default_kind, which
+        if isinstance(which, tuple) and len(which) == 2:
+            kind, key = str(_ALIASES.get(which[0], which[0])), which[1]
+        named = isinstance(key, str) and any(d.name == key for d in self.decoder) and \
+            not any(s.name == key for s in self.segments)
+        kinded = not isinstance(key, str) and any(d.kind == kind for d in self.decoder) and \
+            not any(s.kind == kind for s in self.segments)
+        if named or kinded:
+            raise InterpError(f"{where}: {kind if kinded else repr(key)} is a segment of the decoder side",
+                              expected="a segment of the encoder's input (documents, question): segment edits "
+                                       "change what the decoder reads through cross-attention",
+                              seen=f"decoder segments {[d.kind + (' ' + d.name if d.name else '') for d in self.decoder]}",
+                              fix="put passages the answer may rely on in the prompt's segments (the encoder side)")
 
     def structure(self) -> tuple[str, ...]:
         return tuple(s.kind for s in self.segments)
@@ -307,6 +356,7 @@ class Variant:
     hidden: list[int]
     answer: list[int]
     choices: list[int] | None = None
+    decoder: list[int] | None = None  # an encoder-decoder model's decoder input after its start token
 
 
 def edit_prompt(ids: list[int], spans: tuple[Span, ...], answer: list[int], drop: list[Span], method: str,
@@ -345,7 +395,8 @@ def score_variants(subject: Subject, variants: list[Variant], metric: str = "log
                           seen="a prompt without choices", fix="pass choices= to pi.Prompt")
 
     def parts() -> dict[str, Any]:
-        text = json.dumps([[v.ids, v.hidden, v.answer, v.choices] for v in variants])
+        text = json.dumps([[v.ids, v.hidden, v.answer, v.choices] + ([v.decoder] if v.decoder else [])
+                           for v in variants])
         return {"model": subject.fingerprint, "kind": "answer score", "metric": metric,
                 "variants": hashlib.sha256(text.encode()).hexdigest(), "dtype": subject.dtype_key,
                 "device": str(subject.device), "attn": subject.attn_implementation,
@@ -357,25 +408,37 @@ def score_variants(subject: Subject, variants: list[Variant], metric: str = "log
 
 
 def _run_variants(subject: Subject, variants: list[Variant], metric: str) -> np.ndarray:
+    """Teacher-forced runs of every variant: a causal model reads prompt + answer in one sequence; an
+    encoder-decoder model's encoder reads the prompt and its decoder ``start + decoder prefix + answer``."""
     out = np.zeros(len(variants))
-    groups: dict[int, list[int]] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
+    encdec = subject.encoder_decoder
     for i, v in enumerate(variants):
-        groups.setdefault(len(v.ids) + len(v.answer), []).append(i)
+        key = (len(v.ids), len(v.decoder or []) + len(v.answer)) if encdec else (len(v.ids) + len(v.answer), 0)
+        groups.setdefault(key, []).append(i)
     bs = settings().batch_size
-    for length, members in groups.items():
+    for (length, dec_len), members in groups.items():
         for j in range(0, len(members), bs):
             rows = members[j:j + bs]
-            full = subject.tokens([variants[i].ids + variants[i].answer for i in rows], name="prompt")
+            seqs = [variants[i].ids if encdec else variants[i].ids + variants[i].answer for i in rows]
+            full = subject.tokens(seqs, name="prompt")
             mask = torch.ones_like(full)
             for r, i in enumerate(rows):
                 if variants[i].hidden:
                     mask[r, variants[i].hidden] = 0
-            pos = torch.arange(length, device=full.device)[None].expand(len(rows), -1)
-            got = logits(subject, full, what="prompt run", attention_mask=mask, position_ids=pos)
+            if encdec:
+                dec = subject.tokens([[subject.decoder_start_id] + (variants[i].decoder or []) + variants[i].answer
+                                      for i in rows], name="decoder input")
+                got = logits(subject, full, what="prompt run", attention_mask=mask, decoder_input_ids=dec)
+                end, targets = dec_len + 1, dec
+            else:
+                pos = torch.arange(length, device=full.device)[None].expand(len(rows), -1)
+                got = logits(subject, full, what="prompt run", attention_mask=mask, position_ids=pos)
+                end, targets = length, full
             for r, i in enumerate(rows):
                 a = len(variants[i].answer)
-                lg = got[r, length - a - 1:length - 1].float()
-                tgt = full[r, length - a:]
+                lg = got[r, end - a - 1:end - 1].float()
+                tgt = targets[r, end - a:]
                 if metric in CHOICE_SCORES:
                     ch = torch.as_tensor(variants[i].choices, device=lg.device)
                     lp_c = torch.log_softmax(lg[0, ch], -1)  # over the options only

@@ -60,7 +60,7 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
             return {s: [how.prepare_run(subject, s, tokens, i) for i in range(len(weights))] for s in sites_t}
 
         replace = {} if own else prepared()
-        score = metric.bind(subject, tokens)
+        score = metric.bind(subject, subject.decoder_tokens(tokens))
         sign = -1.0 if metric.higher_is_better else 1.0
         est: dict[Site, list[np.ndarray]] = {s: [] for s in sites_t}
         for rows in chunks(tokens.shape[0]):

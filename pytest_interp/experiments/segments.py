@@ -35,6 +35,8 @@ def _context_effect(subject: Subject, prompts: Any, edit: Any, *, what: str, met
     enc = _encoded(subject, ps)
     clean = [Variant(ids, [], ans) for ids, _, ans in enc]
     edited = [edit(i, ids, spans, ans) for i, (ids, spans, ans) in enumerate(enc)]
+    for prompt, cv, ev in zip(ps, clean, edited):
+        cv.decoder = ev.decoder = prompt.decoder_ids  # an encoder-decoder model's decoder input, never edited
     if metric in CHOICE_SCORES:
         for prompt, cv, ev in zip(ps, clean, edited):
             cv.choices = ev.choices = prompt.choice_ids(subject)
@@ -63,6 +65,7 @@ def leave_out(subject: Subject, prompts: Any, segment: Any, *, method: str = "de
     labels: set[str] = set()
 
     def edit(i: int, ids: list[int], spans: tuple[Span, ...], ans: list[int]) -> Variant:
+        ps[i].on_encoder(which[i], kind, f"prompt {i}")
         span = select(spans, which[i], kind, f"prompt {i}")
         labels.add(span.name or f"{span.kind} {span.index}")
         return edit_prompt(ids, spans, ans, [span], method)
@@ -82,6 +85,7 @@ def keep_only(subject: Subject, prompts: Any, segment: Any, *, method: str = "de
     which = per_prompt(segment, len(ps))
 
     def edit(i: int, ids: list[int], spans: tuple[Span, ...], ans: list[int]) -> Variant:
+        ps[i].on_encoder(which[i], kind, f"prompt {i}")
         keep = select(spans, which[i], kind, f"prompt {i}")
         drop = [s for s in spans if s.kind == keep.kind and s != keep]
         if not drop:
@@ -128,6 +132,7 @@ def replace_segment(subject: Subject, prompts: Any, segment: Any, with_: Any, *,
     new_ids = [subject._tokenize([r], "distractor")[0] if isinstance(r, str) else [int(x) for x in r] for r in repl]
 
     def edit(i: int, ids: list[int], spans: tuple[Span, ...], ans: list[int]) -> Variant:
+        ps[i].on_encoder(which[i], kind, f"prompt {i}")
         span = select(spans, which[i], kind, f"prompt {i}")
         return edit_prompt(ids, spans, ans, [span], "delete", insert={span.start: new_ids[i]})
 
@@ -188,13 +193,19 @@ def provenance(subject: Subject, prompts: Any, *, kinds: tuple[str, ...] = ("doc
                method: str = "delete", metric: str = "logprob", layers: Any = None, alpha: float | None = None,
                seed: int | None = None) -> Provenance:
     """For every segment of ``kinds``: mean attention mass from the position that predicts the answer onto the
-    segment (over heads, prompts and ``layers``, default all), and its :func:`leave_out` effect."""
+    segment (over heads, prompts and ``layers``, default all), and its :func:`leave_out` effect.
+
+    For an encoder-decoder model the attention is the decoder's cross-attention (``layers``: decoder layers)
+    from the decoder position that predicts the answer's first token onto the encoder's segments: what the
+    decoder read of each passage, beside what removing the passage costs the answer."""
     subject = as_subject(subject)
     ps = as_prompts(prompts)
     enc = _encoded(subject, ps)
-    layers_l = list(range(subject.n_layers)) if layers is None else [int(x) for x in layers]
+    encdec = subject.encoder_decoder
+    n_layers = subject.n_decoder_layers if encdec else subject.n_layers
+    layers_l = list(range(n_layers)) if layers is None else [int(x) for x in layers]
     for layer in layers_l:
-        check_layer(subject, layer)
+        check_layer(subject, layer, stack="decoder" if encdec else None)
     structure = {p.structure() for p in ps}
     if len(structure) != 1:
         raise InterpError("the prompts have different segment structures", expected="the same kinds of segments in "
@@ -202,25 +213,62 @@ def provenance(subject: Subject, prompts: Any, *, kinds: tuple[str, ...] = ("doc
     labels = [f"{s.kind} {s.index}" for s in enc[0][1] if s.kind in kinds]
     mass = {lab: np.zeros((len(ps), len(layers_l))) for lab in labels}
     for i, (ids, spans, ans) in enumerate(enc):
-        full = subject.tokens([ids], name="prompt")
-        per_layer = attentions(subject, full, layers_l)
-        for li, att_l in enumerate(per_layer):
-            att = att_l[0, :, -1].mean(0)  # [key]
-            for s in spans:
-                lab = f"{s.kind} {s.index}"
-                if lab in mass:
-                    mass[lab][i, li] = float(att[s.start:s.stop].sum())
+        att = _answer_attention(subject, ps[i], ids, layers_l)
+        for s in spans:
+            lab = f"{s.kind} {s.index}"
+            if lab in mass:
+                mass[lab][i] = att[:, s.start:s.stop].sum(1)
     rows = []
     for lab in labels:
         kind, idx = lab.rsplit(" ", 1)
         eff = leave_out(subject, ps, (kind, int(idx)), method=method, metric=metric, alpha=alpha, seed=seed)
         by_layer = mass[lab].mean(0).tolist()
         rows.append(SegmentRow(lab, float(np.mean(by_layer)), by_layer, eff))
-    _records.add_grid({"title": f"provenance vs reliance: attention mass (mean over layers) and removal damage "
+    _records.add_grid({"title": f"provenance vs reliance: {'cross-' if encdec else ''}attention mass (mean over "
+                                f"{'decoder ' if encdec else ''}layers) and removal damage "
                                 f"({method}, answer {metric})", "rows": labels,
                        "cols": ["attention", "removal damage"],
                        "values": [[r.attention, r.effect.mean] for r in rows]})
     return Provenance(rows)
+
+
+def _answer_attention(subject: Subject, prompt: Prompt, ids: list[int], layers: list[int]) -> np.ndarray:
+    """``[layers, token]``: the attention (mean over heads) from the position that predicts the answer onto each
+    prompt token; for an encoder-decoder model the decoder's cross-attention onto the encoder's tokens."""
+    full = subject.tokens([ids], name="prompt")
+    if subject.encoder_decoder:  # the decoder position that predicts the answer reads the encoder's tokens
+        dec = subject.tokens([[subject.decoder_start_id] + prompt.decoder_ids], name="decoder input")
+        per_layer = attentions(subject, full, layers, which="cross", decoder=dec)
+    else:
+        per_layer = attentions(subject, full, layers)
+    return np.stack([a[0, :, -1].mean(0).double().numpy() for a in per_layer])
+
+
+def attention_mass(subject: Subject, prompts: Any, segment: Any, *, kind: str = "document", layers: Any = None,
+                   alpha: float | None = None, seed: int | None = None) -> Effect:
+    """Provenance as an effect: per prompt, the attention mass the position that predicts the answer puts on
+    ``segment`` (summed over its tokens, averaged over heads and ``layers``, default all), with a CI over prompts.
+    For an encoder-decoder model: the decoder's cross-attention onto the encoder's segment (decoder layers).
+    Attention shows what was read; pair it with :func:`leave_out` for what was relied on."""
+    subject = as_subject(subject)
+    ps = as_prompts(prompts)
+    which = per_prompt(segment, len(ps))
+    encdec = subject.encoder_decoder
+    n_layers = subject.n_decoder_layers if encdec else subject.n_layers
+    layers_l = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    for layer in layers_l:
+        check_layer(subject, layer, stack="decoder" if encdec else None)
+    values, labels = np.zeros(len(ps)), set()
+    for i, (prompt, (ids, spans, _)) in enumerate(zip(ps, _encoded(subject, ps))):
+        prompt.on_encoder(which[i], kind, f"prompt {i}")
+        span = select(spans, which[i], kind, f"prompt {i}")
+        labels.add(span.name or f"{span.kind} {span.index}")
+        values[i] = float(_answer_attention(subject, prompt, ids, layers_l)[:, span.start:span.stop].sum(1).mean())
+    what = f"{'cross-' if encdec else ''}attention mass on {' / '.join(sorted(labels))}"
+    return mean_effect(values, sites=(what,), method="attention mass (provenance)", intervention="none (observation)",
+                       metric=f"{'cross-' if encdec else ''}attention from the answer position",
+                       higher_is_better=True, model=subject.identity(),
+                       details={"layers": ",".join(map(str, layers_l))}, **stat_args(alpha, seed))
 
 
 def segment_name(which: Any, kind: str) -> str:

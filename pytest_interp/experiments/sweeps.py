@@ -13,7 +13,7 @@ from ..core import records as _records
 from ..core.cache import current as current_cache
 from ..core.errors import InterpError
 from ..core.metrics import Metric
-from ..core.sites import Site, as_sites, attn, head, mlp, resid
+from ..core.sites import Site, as_sites, attn, cross_head, head, mlp, resid
 from ..core.stats import Effect, benjamini_hochberg
 from ..engine.hooks import Edit
 from ..engine.interventions import Intervention, Patch
@@ -75,6 +75,8 @@ class Sweep(Mapping[Site, Effect]):
         """``(values, row labels, column labels)``: layer x head for head sites, layer x position for
         position-restricted sites, layer x kind otherwise. Missing cells are NaN."""
         sites = list(self._effects)
+        if any(s.stack is not None for s in sites):  # an encoder-decoder model: a row per stack and layer
+            return self._stacked_grid(sites)
         layers = sorted({s.layer for s in sites})
         if all(s.kind == "head" for s in sites):
             cols: list[Any] = sorted({s.number for s in sites})
@@ -97,6 +99,18 @@ class Sweep(Mapping[Site, Effect]):
             values[row_of[s.layer], cell(s)] = e.mean
         return values, [f"L{lay}" for lay in layers], col_labels
 
+    def _stacked_grid(self, sites: list[Site]) -> tuple[np.ndarray, list[str], list[str]]:
+        def row(s: Site) -> str:
+            return f"{'cross' if s.kind.startswith('cross') else s.stack} L{s.layer}" + (
+                "" if s.kind in ("head", "cross_head") or s.kind.startswith("cross") else f" {s.kind}")
+        rows = list(dict.fromkeys(row(s) for s in sites))
+        heads = all(s.index is not None for s in sites)
+        cols = sorted({s.number for s in sites}) if heads else [0]
+        values = np.full((len(rows), len(cols)), np.nan)
+        for s, e in self._effects.items():
+            values[rows.index(row(s)), cols.index(s.number) if heads else 0] = e.mean
+        return values, rows, [f"H{c}" for c in cols] if heads else ["effect"]
+
     def to_numpy(self) -> np.ndarray:
         """The grid's values (see :meth:`grid`)."""
         return self.grid()[0]
@@ -112,7 +126,13 @@ class Sweep(Mapping[Site, Effect]):
 
 
 def all_heads(subject: Subject) -> list[Site]:
-    """Every head of the subject: ``head(l, h)`` for all layers and heads."""
+    """Every head of the subject: ``head(l, h)`` for all layers and heads; for an encoder-decoder model the
+    encoder's and the decoder's self-attention heads and the decoder's cross-attention heads."""
+    if subject.encoder_decoder:
+        enc = [head(lay, h, stack="encoder") for lay in range(subject.n_layers) for h in range(subject.n_heads)]
+        dec = [head(lay, h, stack="decoder") for lay in range(subject.n_decoder_layers) for h in range(subject.n_heads)]
+        return enc + dec + [cross_head(lay, h) for lay in range(subject.n_decoder_layers)
+                            for h in range(subject.n_heads)]
     return [head(lay, h) for lay in range(subject.n_layers) for h in range(subject.n_heads)]
 
 

@@ -57,6 +57,10 @@ class Adapter:
             and before the MLP, in a pre-norm model whose residual stream is a plain sum of its components.
             Path patching (``pi.path``) needs them; ``None`` refuses it (post-norm models such as BERT).
         causal: whether the model is a causal (left-to-right) language model.
+        decoder_layers, decoder_attn_out, decoder_mlp, cross_attn_out: for an encoder-decoder model (T5, BART), the
+            decoder's blocks (from the model) and, from a decoder block, its self-attention out-projection, its MLP
+            and its cross-attention out-projection (whose input holds the cross-attention heads' outputs). ``layers``,
+            ``attn_out`` and ``mlp`` then name the encoder's.
         n_layers, n_heads, head_dim, n_experts, top_k: read from the config when not given.
     """
 
@@ -70,6 +74,10 @@ class Adapter:
     attn_norm: str | None = None
     mlp_norm: str | None = None
     causal: bool = True
+    decoder_layers: str | None = None
+    decoder_attn_out: str | None = None
+    decoder_mlp: str | None = None
+    cross_attn_out: str | None = None
     n_layers: int | None = None
     n_heads: int | None = None
     head_dim: int | None = None
@@ -115,12 +123,16 @@ class BoundAdapter:
         self.n_layers = spec.n_layers or len(self.blocks)
         self.n_heads = spec.n_heads or _first_attr(config, ("num_attention_heads", "n_head", "num_heads"))
         hidden = _first_attr(config, ("hidden_size", "n_embd", "d_model"))
-        self.head_dim: int = spec.head_dim or _first_attr(config, ("head_dim",)) or (
+        self.head_dim: int = spec.head_dim or _first_attr(config, ("head_dim", "d_kv")) or (
             hidden // self.n_heads if hidden and self.n_heads else 0)
         self.hidden_size = hidden
         self.n_experts = spec.n_experts or _first_attr(config, ("num_local_experts", "num_experts"))
         self.top_k = spec.top_k or _first_attr(config, ("num_experts_per_tok",))
         self.causal = spec.causal
+        self.encoder_decoder = spec.decoder_layers is not None
+        self.decoder_blocks = (_resolve(model, spec.decoder_layers, "decoder blocks", spec.name)
+                               if spec.decoder_layers is not None else None)
+        self.n_decoder_layers = len(self.decoder_blocks) if self.decoder_blocks is not None else 0
         if not self.n_heads or not self.head_dim:
             raise InterpError(f"cannot read the head count of this {spec.name} model",
                               expected="num_attention_heads (or n_head) in the config",
@@ -131,14 +143,40 @@ class BoundAdapter:
     def name(self) -> str:
         return self.spec.name
 
-    def block(self, layer: int) -> Any:
-        return self.blocks[layer]
+    def _blocks(self, stack: str | None) -> Any:
+        if stack == "decoder":
+            if self.decoder_blocks is None:
+                raise InterpError(f"this {self.spec.name} model has no decoder stack",
+                                  expected="an encoder-decoder model (T5, BART) for a decoder site",
+                                  seen=f"a {'causal' if self.causal else 'encoder'} {self.spec.name} model",
+                                  fix="drop stack='decoder': this model's sites are pi.head(l, h), pi.mlp(l), ...")
+            return self.decoder_blocks
+        return self.blocks
 
-    def attn_out(self, layer: int) -> Any:
-        return _resolve(self.blocks[layer], self.spec.attn_out, "attention out-projection", self.spec.name)
+    def block(self, layer: int, stack: str | None = None) -> Any:
+        return self._blocks(stack)[layer]
 
-    def mlp(self, layer: int) -> Any:
-        return _resolve(self.blocks[layer], self.spec.mlp, "MLP", self.spec.name)
+    def layers_of(self, stack: str | None) -> int:
+        """How many blocks ``stack`` has (the decoder's for ``"decoder"``, else the encoder's or the only one)."""
+        return self.n_decoder_layers if stack == "decoder" else self.n_layers
+
+    def attn_out(self, layer: int, stack: str | None = None) -> Any:
+        path = self.spec.decoder_attn_out if stack == "decoder" else self.spec.attn_out
+        return _resolve(self.block(layer, stack), str(path), "attention out-projection", self.spec.name)
+
+    def cross_attn_out(self, layer: int) -> Any:
+        """The out-projection of decoder block ``layer``'s cross-attention (its input: the heads' outputs)."""
+        if self.spec.cross_attn_out is None:
+            raise InterpError(f"this {self.spec.name} model has no cross-attention",
+                              expected="an encoder-decoder model (T5, BART) for pi.cross_head / pi.cross_attn",
+                              seen=f"a {'decoder-only' if self.causal else 'encoder-only'} {self.spec.name} model",
+                              fix="use pi.head(l, h) / pi.attn(l) for its self-attention")
+        return _resolve(self.block(layer, "decoder"), self.spec.cross_attn_out, "cross-attention out-projection",
+                        self.spec.name)
+
+    def mlp(self, layer: int, stack: str | None = None) -> Any:
+        path = self.spec.decoder_mlp if stack == "decoder" else self.spec.mlp
+        return _resolve(self.block(layer, stack), str(path), "MLP", self.spec.name)
 
     def attention(self, layer: int) -> Any:
         """The attention module: the parent of the out-projection."""
@@ -201,6 +239,12 @@ BUILTIN: dict[str, Adapter] = {
                         final_norm="gpt_neox.final_layer_norm|final_layer_norm"),
     "bert": Adapter("bert", layers="bert.encoder.layer|encoder.layer", attn_out="attention.output.dense",
                     mlp="output.dense", causal=False),
+    "t5": Adapter("t5", layers="encoder.block", attn_out="layer.0.SelfAttention.o", mlp="layer.1.DenseReluDense",
+                  decoder_layers="decoder.block", decoder_attn_out="layer.0.SelfAttention.o",
+                  decoder_mlp="layer.2.DenseReluDense", cross_attn_out="layer.1.EncDecAttention.o", causal=False),
+    "bart": Adapter("bart", layers="model.encoder.layers", attn_out="self_attn.out_proj", mlp="fc2",
+                    decoder_layers="model.decoder.layers", decoder_attn_out="self_attn.out_proj", decoder_mlp="fc2",
+                    cross_attn_out="encoder_attn.out_proj", causal=False),
 }
 
 _HOW_TO_REGISTER = (

@@ -13,13 +13,16 @@ from ..core.sites import Mask, Site, Slice
 from .subject import Subject
 
 
-def check_layer(subject: Subject, layer: int, *, allow_final: bool = False) -> None:
-    """Raise InterpError unless ``layer`` is a layer of ``subject`` (or, with ``allow_final``, the final stream)."""
-    top = subject.n_layers + (1 if allow_final else 0)
+def check_layer(subject: Subject, layer: int, *, allow_final: bool = False, stack: str | None = None) -> None:
+    """Raise InterpError unless ``layer`` is a layer of ``subject`` (or, with ``allow_final``, the final stream);
+    of its decoder for ``stack="decoder"``."""
+    n = subject.n_decoder_layers if stack == "decoder" else subject.n_layers
+    top = n + (1 if allow_final else 0)
     if not 0 <= layer < top:
+        where = f"{stack} of a" if stack else "a"
         raise InterpError(f"layer {layer} is out of range", expected=f"a layer in 0..{top - 1}",
-                          seen=f"layer {layer} on a {subject.n_layers}-layer model",
-                          fix="count layers from 0" + (f"; resid({subject.n_layers}) is the final stream"
+                          seen=f"layer {layer} on {where} {n}-layer model",
+                          fix="count layers from 0" + (f"; resid({n}) is the final stream"
                                                        if allow_final else ""))
 
 
@@ -30,9 +33,11 @@ def check_site(subject: Subject, site: Site, tokens: torch.Tensor) -> None:
 
         check_site(subject, site.host_site, tokens)
         check_feature_site(subject, site)
+    check_stack(subject, site)
     check_layer(subject, site.layer, allow_final=site.kind == "resid" or (site.host is not None and
-                                                                         site.host.kind == "resid"))
-    if site.kind == "head" and not 0 <= site.number < subject.n_heads:
+                                                                         site.host.kind == "resid"),
+                stack=site.host_site.stack)
+    if site.kind in ("head", "cross_head") and not 0 <= site.number < subject.n_heads:
         raise InterpError(f"head {site.layer}.{site.index} is out of range",
                           expected=f"a head in 0..{subject.n_heads - 1}",
                           seen=f"head index {site.index} on a model with {subject.n_heads} heads per layer",
@@ -45,8 +50,42 @@ def check_site(subject: Subject, site: Site, tokens: torch.Tensor) -> None:
                               expected=f"an expert in 0..{(n_exp or 0) - 1}",
                               seen=f"expert index {site.index} on a model with {n_exp} experts per layer",
                               fix="count experts from 0")
+    if site.decoder_side:  # positions of the decoder's input, the same for every example
+        dec = subject.decoder_tokens(tokens)
+        position_mask(site, torch.arange(dec.shape[0]), dec.shape[0], dec.shape[1], dec.device)
+        return
     position_mask(site, torch.arange(tokens.shape[0]), tokens.shape[0], tokens.shape[1], tokens.device,
                   batch_lengths(tokens))
+
+
+def check_stack(subject: Subject, site: Site) -> None:
+    """An encoder-decoder model's sites name their stack; other models' sites name none and have no
+    cross-attention."""
+    host = site.host_site
+    if subject.encoder_decoder:
+        if host.stack is None and host.kind in ("head", "attn", "mlp", "resid"):
+            raise InterpError(f"{host} does not say which stack of this encoder-decoder model it is in",
+                              expected="stack='encoder' or stack='decoder' on head, attn, mlp and resid sites",
+                              seen=f"{subject.adapter_spec.name}: {subject.n_layers} encoder and "
+                                   f"{subject.n_decoder_layers} decoder layers",
+                              fix=f"e.g. pi.{host.kind}({host.layer}{'' if host.index is None else f', {host.index}'}"
+                                  f", stack='encoder'); the decoder's cross-attention is pi.cross_head / "
+                                  "pi.cross_attn")
+        if host.kind in ("expert", "router"):
+            raise InterpError(f"{host}: experts of encoder-decoder models are not supported",
+                              expected="a decoder-only mixture-of-experts model", seen=subject.adapter_spec.name,
+                              fix="intervene on pi.mlp(l, stack=...) instead")
+        return
+    if host.kind in ("cross_head", "cross_attn"):
+        raise InterpError(f"{host} is a cross-attention site, and this model has no cross-attention",
+                          expected="an encoder-decoder model (T5, BART), whose decoder reads the encoder",
+                          seen=f"a {'decoder-only' if subject.causal else 'encoder-only'} "
+                               f"{subject.adapter_spec.name} model",
+                          fix="use pi.head(l, h) / pi.attn(l) for its self-attention")
+    if host.stack is not None:
+        raise InterpError(f"{host} names the {host.stack} stack, and this model has one stack",
+                          expected="stack= only on an encoder-decoder model's sites",
+                          seen=f"a {subject.adapter_spec.name} model", fix="drop stack=")
 
 
 def batch_lengths(tokens: torch.Tensor) -> torch.Tensor | None:

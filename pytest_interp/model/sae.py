@@ -221,7 +221,7 @@ def check_feature_site(subject: Any, site: Site) -> None:
     sae = site.sae
     ad = subject.adapter
     host = site.host_site
-    width = ad.head_dim if host.kind == "head" else ad.hidden_size
+    width = ad.head_dim if host.kind in ("head", "cross_head") else ad.hidden_size
     if sae.d_in != width:
         raise InterpError(f"the SAE does not fit {host}", expected=f"d_in = {width} (the width of "
                           f"{host} in this model)", seen=f"d_in = {sae.d_in} ({sae.hook_name})",

@@ -20,6 +20,14 @@ from ..core.errors import InterpError, InterpWarning
 from ..core.settings import settings
 from .adapters import BoundAdapter, adapter_for, config_sizes, spec_for_config
 
+def _first_config(config: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
 
@@ -103,6 +111,37 @@ class Subject:
     @property
     def n_layers(self) -> int:
         return self._adapter.n_layers if self._adapter is not None else int(self._sizes["n_layers"])
+
+    @property
+    def encoder_decoder(self) -> bool:
+        """Whether the model has an encoder and a decoder that reads it through cross-attention (T5, BART)."""
+        return bool(getattr(self.config, "is_encoder_decoder", False))
+
+    @property
+    def n_decoder_layers(self) -> int:
+        """The decoder's block count of an encoder-decoder model (0 for others)."""
+        if not self.encoder_decoder:
+            return 0
+        if self._adapter is not None:
+            return self._adapter.n_decoder_layers
+        return int(_first_config(self.config, ("num_decoder_layers", "decoder_layers")) or self.n_layers)
+
+    @property
+    def decoder_start_id(self) -> int:
+        """The token an encoder-decoder model's decoder starts from (the config's decoder_start_token_id)."""
+        start = getattr(self.config, "decoder_start_token_id", None)
+        if not isinstance(start, int):
+            raise InterpError("this encoder-decoder model's config has no decoder_start_token_id",
+                              expected="config.decoder_start_token_id (T5: the pad id; BART: </s>)",
+                              seen=repr(start), fix="set model.config.decoder_start_token_id before pi.load")
+        return start
+
+    def decoder_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The decoder's input for a batch of encoder ``tokens`` of an encoder-decoder model: its start token, so
+        metrics read the decoder's first prediction; for other models ``tokens`` themselves (what metrics score)."""
+        if not self.encoder_decoder:
+            return tokens
+        return torch.full((tokens.shape[0], 1), self.decoder_start_id, dtype=torch.long, device=tokens.device)
 
     @property
     def n_heads(self) -> int:
