@@ -135,3 +135,28 @@ def sums_with_chains():
     by_question = {c.question: m.steps for c, m in zip(right, mistaken)}
     # corrupt= for the mistake test: each chain's mistaken version
     return {"chains": right, "mistaken": mistaken, "corrupt": lambda chain: by_question[chain.question]}
+
+
+@pytest.fixture(scope="module")
+def retro():
+    """fixtures/retro-t5: 192 held-out prompts (seed 41) whose encoder reads four documents and a question, with
+    the per-prompt slots of the answering document ("gold"), of the `[OLD]` decoy (it repeats the queried key with
+    another value) and of the first other real document."""
+    import pytest_interp as pi
+
+    raw = fixture_module("train_retro_t5").make_prompts(192, 41)
+    prompts = []
+    for p in raw:
+        segments = [(kind, text, "gold") if kind == "doc" and j == p["queried"] else (kind, text)
+                    for j, (kind, text) in enumerate(p["segments"])]
+        prompts.append(pi.Prompt(*segments, answer=p["answer"], choices=p["values"]))
+    other = [min({0, 1, 2, 3} - {p["queried"], p["decoy"]}) for p in raw]
+    return prompts, [p["decoy"] for p in raw], other
+
+
+@pytest.fixture(scope="module")
+def retro_batch(subject):
+    """256 held-out retro-t5 prompts (seed 42) as encoder token ids [256, 14] with their answers (per-prompt head
+    damages are heavy-tailed: a few prompts lose several nats, most almost none)."""
+    raw = fixture_module("train_retro_t5").make_prompts(256, 42)
+    return subject.tokens([p["text"] for p in raw]), [p["answer"] for p in raw]

@@ -212,8 +212,9 @@ def provenance(subject: Subject, prompts: Any, *, kinds: tuple[str, ...] = ("doc
                           "the same order", seen=f"{len(structure)} structures", fix="group prompts by structure")
     labels = [f"{s.kind} {s.index}" for s in enc[0][1] if s.kind in kinds]
     mass = {lab: np.zeros((len(ps), len(layers_l))) for lab in labels}
+    att_all = _answer_attention(subject, ps, [ids for ids, _, _ in enc], layers_l)
     for i, (ids, spans, ans) in enumerate(enc):
-        att = _answer_attention(subject, ps[i], ids, layers_l)
+        att = att_all[i]
         for s in spans:
             lab = f"{s.kind} {s.index}"
             if lab in mass:
@@ -232,16 +233,26 @@ def provenance(subject: Subject, prompts: Any, *, kinds: tuple[str, ...] = ("doc
     return Provenance(rows)
 
 
-def _answer_attention(subject: Subject, prompt: Prompt, ids: list[int], layers: list[int]) -> np.ndarray:
-    """``[layers, token]``: the attention (mean over heads) from the position that predicts the answer onto each
-    prompt token; for an encoder-decoder model the decoder's cross-attention onto the encoder's tokens."""
-    full = subject.tokens([ids], name="prompt")
-    if subject.encoder_decoder:  # the decoder position that predicts the answer reads the encoder's tokens
-        dec = subject.tokens([[subject.decoder_start_id] + prompt.decoder_ids], name="decoder input")
-        per_layer = attentions(subject, full, layers, which="cross", decoder=dec)
-    else:
-        per_layer = attentions(subject, full, layers)
-    return np.stack([a[0, :, -1].mean(0).double().numpy() for a in per_layer])
+def _answer_attention(subject: Subject, prompts: list[Prompt], ids: list[list[int]], layers: list[int],
+                      ) -> list[np.ndarray]:
+    """Per prompt ``[layers, token]``: the attention (mean over heads) from the position that predicts the answer
+    onto each prompt token; for an encoder-decoder model the decoder's cross-attention onto the encoder's tokens.
+    Prompts of equal length (and decoder input) run together."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (prompt, row) in enumerate(zip(prompts, ids)):
+        groups.setdefault((len(row), tuple(prompt.decoder_ids)), []).append(i)
+    out: list[np.ndarray] = [np.zeros(0)] * len(prompts)
+    for (_, dec_ids), members in groups.items():
+        full = subject.tokens([ids[i] for i in members], name="prompt")
+        if subject.encoder_decoder:  # the decoder position that predicts the answer reads the encoder's tokens
+            dec = subject.tokens([[subject.decoder_start_id, *dec_ids]] * len(members), name="decoder input")
+            per_layer = attentions(subject, full, layers, which="cross", decoder=dec)
+        else:
+            per_layer = attentions(subject, full, layers)
+        stacked = np.stack([a[:, :, -1].mean(1).double().numpy() for a in per_layer], 1)  # [members, layers, key]
+        for j, i in enumerate(members):
+            out[i] = stacked[j]
+    return out
 
 
 def attention_mass(subject: Subject, prompts: Any, segment: Any, *, kind: str = "document", layers: Any = None,
@@ -259,11 +270,15 @@ def attention_mass(subject: Subject, prompts: Any, segment: Any, *, kind: str = 
     for layer in layers_l:
         check_layer(subject, layer, stack="decoder" if encdec else None)
     values, labels = np.zeros(len(ps)), set()
-    for i, (prompt, (ids, spans, _)) in enumerate(zip(ps, _encoded(subject, ps))):
+    enc = _encoded(subject, ps)
+    spans_l = []
+    for i, (prompt, (_, spans, _)) in enumerate(zip(ps, enc)):
         prompt.on_encoder(which[i], kind, f"prompt {i}")
-        span = select(spans, which[i], kind, f"prompt {i}")
-        labels.add(span.name or f"{span.kind} {span.index}")
-        values[i] = float(_answer_attention(subject, prompt, ids, layers_l)[:, span.start:span.stop].sum(1).mean())
+        spans_l.append(select(spans, which[i], kind, f"prompt {i}"))
+        labels.add(spans_l[-1].name or f"{spans_l[-1].kind} {spans_l[-1].index}")
+    att = _answer_attention(subject, ps, [ids for ids, _, _ in enc], layers_l)
+    for i, span in enumerate(spans_l):
+        values[i] = float(att[i][:, span.start:span.stop].sum(1).mean())
     what = f"{'cross-' if encdec else ''}attention mass on {' / '.join(sorted(labels))}"
     return mean_effect(values, sites=(what,), method="attention mass (provenance)", intervention="none (observation)",
                        metric=f"{'cross-' if encdec else ''}attention from the answer position",
