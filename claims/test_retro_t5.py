@@ -98,3 +98,19 @@ def test_the_decoders_cross_attention_as_a_whole_is_necessary(subject, retro_bat
     tokens, answers = retro_batch
     pi.assert_necessary(subject, [pi.cross_attn(0), pi.cross_attn(1)], inputs=tokens,
                         metric=pi.metrics.logprob(answers), how=pi.Zero(), at_least=3.0)
+
+
+# cross-attention as an explanation of the answer ------------------------------------------------------------
+
+def test_cross_attention_is_not_a_faithful_explanation(subject, retro_batch):
+    # it ranks the encoder's tokens with rho ~0.1 against leave-one-token-out: it sees the answer's value token,
+    # not the keys and markers the encoder's match needs
+    tokens, answers = retro_batch[0][:64], retro_batch[1][:64]
+    pi.assert_not_faithful(subject, pi.explain.attention(subject, tokens), inputs=tokens, answer=answers, below=0.3)
+
+
+@pytest.mark.xfail(strict=True, raises=pi.ClaimFailed,
+                   reason="cross-attention ranks the encoder tokens with rho ~0.1 against leave-one-token-out")
+def test_false_cross_attention_is_a_faithful_explanation(subject, retro_batch):
+    tokens, answers = retro_batch[0][:64], retro_batch[1][:64]
+    pi.assert_faithful(subject, pi.explain.attention(subject, tokens), inputs=tokens, answer=answers, at_least=0.5)

@@ -86,6 +86,10 @@ def forward(subject: Subject, tokens: torch.Tensor | None = None, *, embeds: tor
     release_freed_buffers()
     if subject.adapter.causal or subject.encoder_decoder:
         kwargs.setdefault("use_cache", False)
+    if subject.encoder_decoder:
+        # T5 and BART take no position ids: T5's positions are relative, BART's count the encoder's tokens, and a
+        # token hidden by the attention mask keeps its place either way
+        kwargs.pop("position_ids", None)
     if subject.encoder_decoder and "decoder_input_ids" not in kwargs and "decoder_inputs_embeds" not in kwargs:
         # the encoder reads the inputs; the decoder starts from its start token, so logits are its first prediction
         n = (tokens if tokens is not None else embeds).shape[0]  # type: ignore[union-attr]

@@ -123,6 +123,11 @@ def rollout(subject: Subject, inputs: Any, *, position: int = -1, residual: floa
     """Attention rollout (Abnar & Zuidema, 2020): per layer ``residual * I + (1 - residual) * mean-head
     attention``, rows renormalised, multiplied through the layers; the row of ``position``."""
     subject, tokens, _ = _prepare(subject, inputs, None, position)
+    if subject.encoder_decoder:
+        raise InterpError("attention rollout is defined for a model with one stack", expected="a decoder-only or "
+                          "encoder-only model", seen=f"an encoder-decoder model ({subject.class_name})",
+                          fix="use pi.explain.attention (the decoder's cross-attention) or "
+                              "pi.explain.leave_one_token_out")
     if not 0 <= residual < 1:
         raise InterpError("residual must be in [0, 1)", expected="the identity's weight, e.g. 0.5",
                           seen=str(residual), fix="pass residual=0.5")

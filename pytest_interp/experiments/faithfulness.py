@@ -83,7 +83,8 @@ def faithfulness(subject: Subject, attribution: Any, *, inputs: Any, answer: Any
     """Score ``attribution`` (an :class:`Attribution` or an array ``[batch, seq]``) against interventions on the
     same inputs: the rank correlation with leave-one-token-out effects, comprehensiveness and sufficiency of its
     top-``k`` tokens. ``keep`` (bool ``[batch, seq]``) marks tokens that are never removed (default: the first
-    token, often a BOS that every head uses as a sink, and the predicting position itself)."""
+    token, often a BOS that every head uses as a sink, and the predicting position itself; none of an
+    encoder-decoder model's encoder tokens, as its decoder predicts)."""
     subject, tokens, ans = _prepare(subject, inputs, answer, position)
     scores = scores_of(attribution, tokens)
     n, t = tokens.shape
@@ -92,8 +93,9 @@ def faithfulness(subject: Subject, attribution: Any, *, inputs: Any, answer: Any
                           seen=repr(k), fix="e.g. k=2")
     fixed = torch.zeros(n, t, dtype=torch.bool)
     if keep is None:
-        fixed[:, 0] = True
-        fixed[:, position % t] = True
+        if not subject.encoder_decoder:  # an encoder-decoder model predicts in its decoder
+            fixed[:, 0] = True
+            fixed[:, position % t] = True
     else:
         fixed = torch.as_tensor(keep)
         if fixed.dtype != torch.bool or fixed.shape[-1:] != (t,) or fixed.dim() > 2:

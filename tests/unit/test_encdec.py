@@ -208,6 +208,8 @@ def test_encoder_decoder_bad_input_is_refused_clearly(encdec, llama):
         pi.ablate(encdec, pi.cross_head(encdec.n_decoder_layers, 0), inputs=x, metric=metric)
     with pytest.raises(pi.InterpError, match="unknown stack"):
         pi.mlp(0, stack="middle")
+    with pytest.raises(pi.InterpError, match="rollout is defined for a model with one stack"):
+        pi.explain.rollout(encdec, x)
     with pytest.raises(pi.InterpError, match="several attentions"):
         pi.explain.attention_weights(encdec, x, 0, which="self")
     with pytest.raises(pi.InterpError, match="generation of encoder-decoder models is not supported"):
@@ -237,3 +239,23 @@ def test_the_run_cache_tells_the_stacks_apart(encdec, tmp_path):
     assert len({site_key(s) for s in (pi.head(0, 1, stack="encoder"), pi.head(0, 1, stack="decoder"),
                                      pi.cross_head(0, 1))}) == 3
     assert site_key(pi.head(0, 1)) == "head:0:1:None"  # one-stack models keep their keys
+
+
+def test_leave_one_token_out_masks_encoder_tokens_and_faithfulness_removes_any_of_them(encdec):
+    x, ans = _x(n=12, t=6), 9
+    loo = pi.explain.leave_one_token_out(encdec, x, ans)
+    for j in (0, 5):
+        mask = torch.ones_like(x)
+        mask[:, j] = 0
+        with torch.no_grad():
+            full = encdec.model(input_ids=x, decoder_input_ids=_start(encdec, len(x)), use_cache=False).logits
+            cut = encdec.model(input_ids=x, attention_mask=mask, decoder_input_ids=_start(encdec, len(x)),
+                               use_cache=False).logits
+        want = torch.log_softmax(full[:, -1].double(), -1)[:, ans] - torch.log_softmax(cut[:, -1].double(), -1)[:, ans]
+        assert torch.allclose(torch.as_tensor(loo.scores[:, j]), want, atol=1e-5)
+    # the decoder predicts, so no encoder token is held fixed: an attribution that swaps the first and the last
+    # token's scores ranks the tokens differently (on a causal model those two are fixed and the rank would be 1)
+    swapped = loo.scores.copy()
+    swapped[:, [0, 5]] = swapped[:, [5, 0]]
+    assert pi.faithfulness(encdec, loo.scores, inputs=x, answer=ans, k=2).rank.mean == pytest.approx(1.0)
+    assert pi.faithfulness(encdec, swapped, inputs=x, answer=ans, k=2).rank.mean < 0.99
