@@ -160,3 +160,22 @@ def retro_batch(subject):
     damages are heavy-tailed: a few prompts lose several nats, most almost none)."""
     raw = fixture_module("train_retro_t5").make_prompts(256, 42)
     return subject.tokens([p["text"] for p in raw]), [p["answer"] for p in raw]
+
+
+@pytest.fixture(scope="module")
+def tool_choice():
+    """fixtures/tools-llama: 192 held-out prompts (seed 51) listing three tools `[TOOL] keyword name` and a request
+    `[REQ] wD wK` (the answer: the tool whose keyword is wK); each prompt's choices are its three tool names, and
+    the per-prompt indices of the matching, the decoy (its keyword is wD) and the other tool description."""
+    import pytest_interp as pi
+
+    raw = fixture_module("train_tools_llama").make_prompts(192, 51)
+    prompts = [pi.Prompt(*p["segments"], answer=p["answer"], choices=p["tools"]) for p in raw]
+    return prompts, {role: [p[role] for p in raw] for role in ("matching", "decoy", "other")}
+
+
+@pytest.fixture(scope="module")
+def tool_batch(subject):
+    """128 held-out tools-llama prompts (seed 52) as token ids [128, 14] with their answers (the tool names)."""
+    raw = fixture_module("train_tools_llama").make_prompts(128, 52)
+    return subject.tokens([p["text"] for p in raw]), [p["answer"] for p in raw]
