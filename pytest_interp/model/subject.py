@@ -18,15 +18,7 @@ from ..core.batch import PAD, pad, real
 from ..core.cache import current
 from ..core.errors import InterpError, InterpWarning
 from ..core.settings import settings
-from .adapters import BoundAdapter, adapter_for, config_sizes, spec_for_config
-
-def _first_config(config: Any, names: tuple[str, ...]) -> Any:
-    for name in names:
-        value = getattr(config, name, None)
-        if value is not None:
-            return value
-    return None
-
+from .adapters import BoundAdapter, _first_attr, adapter_for, config_sizes, spec_for_config
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 
@@ -124,7 +116,7 @@ class Subject:
             return 0
         if self._adapter is not None:
             return self._adapter.n_decoder_layers
-        return int(_first_config(self.config, ("num_decoder_layers", "decoder_layers")) or self.n_layers)
+        return int(_first_attr(self.config, ("num_decoder_layers", "decoder_layers")) or self.n_layers)
 
     @property
     def decoder_start_id(self) -> int:
