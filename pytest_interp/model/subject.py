@@ -275,10 +275,14 @@ class Subject:
                 "max_positions": self.max_positions, "dtype": self.dtype_key.replace("torch.", ""),
                 "device": str(self.device), "attn_implementation": self.attn_implementation,
                 "torch": torch.__version__, "transformers": transformers.__version__}
+        if self.encoder_decoder:  # "layers" counts the encoder's blocks
+            self._identity["decoder_layers"] = self.n_decoder_layers
         return dict(self._identity)
 
     def __repr__(self) -> str:
-        return (f"<Subject {self.name}: {self.adapter_spec.name}, {self.n_layers} layers x {self.n_heads} heads, "
+        layers = (f"{self.n_layers} encoder + {self.n_decoder_layers} decoder layers" if self.encoder_decoder else
+                  f"{self.n_layers} layers")
+        return (f"<Subject {self.name}: {self.adapter_spec.name}, {layers} x {self.n_heads} heads, "
                 f"vocab {self.vocab_size}, attention {self.attn_implementation}>")
 
     # inputs ------------------------------------------------------------------------------------------

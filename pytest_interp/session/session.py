@@ -238,7 +238,9 @@ class ClaimsSession:
         tr.section("interpretability claims")
         models = {r["model"]["fingerprint"]: r["model"] for r in self.records}
         for fp, m in models.items():
-            tr.write_line(f"model {m.get('name')}: {m['architecture']} {m['layers']}x{m['heads']}, "
+            shape = (f"{m['layers']}x{m['heads']} encoder, {m['decoder_layers']}x{m['heads']} decoder"
+                     if m.get("decoder_layers") else f"{m['layers']}x{m['heads']}")
+            tr.write_line(f"model {m.get('name')}: {m['architecture']} {shape}, "
                           f"vocab {m['vocab_size']}, {m['dtype']}, {m['attn_implementation']} attention, "
                           f"fingerprint {fp[:12]}")
         c = self.controls

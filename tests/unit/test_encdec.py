@@ -259,3 +259,11 @@ def test_leave_one_token_out_masks_encoder_tokens_and_faithfulness_removes_any_o
     swapped[:, [0, 5]] = swapped[:, [5, 0]]
     assert pi.faithfulness(encdec, loo.scores, inputs=x, answer=ans, k=2).rank.mean == pytest.approx(1.0)
     assert pi.faithfulness(encdec, swapped, inputs=x, answer=ans, k=2).rank.mean < 0.99
+
+
+def test_reports_name_both_stacks(encdec):
+    assert encdec.identity()["decoder_layers"] == encdec.n_decoder_layers == 3
+    assert "2 encoder + 3 decoder layers x 4 heads" in repr(encdec)
+    assert str(pi.head(1, 2, stack="encoder")) == "encoder head 1.2"
+    assert str(pi.mlp(0, stack="decoder").at(-1)) == "decoder mlp 0 @ -1"
+    assert str(pi.cross_head(1, 0)) == "cross head 1.0" and str(pi.cross_attn(2)) == "cross attn 2"
