@@ -78,7 +78,8 @@ def tiny_model(arch: str, seed: int = 0, attn: str = "eager"):
             vocab_size=48, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pad_token_id=1, bos_token_id=0,
-            eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)
+            eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+            init_std=0.3)  # at the default 0.02 its outputs barely depend on the inputs
     else:  # pragma: no cover
         raise ValueError(arch)
     cfg._attn_implementation = attn

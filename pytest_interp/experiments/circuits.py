@@ -13,7 +13,6 @@ from ..core.errors import InterpError
 from ..core.metrics import Metric
 from ..core.paths import Path, path as make_path
 from ..core.sites import Site, head as head_site_of
-from ..model.checks import position_mask
 from ..core.stats import Effect, mean_effect
 from ..core.batch import real
 from ..engine.hooks import Edit
@@ -24,7 +23,7 @@ from ..engine.paths import (ReceiverInputs, blocked_attention, contribution, ins
                             patched_pattern)
 from ..engine.runner import (attention_edits, attentions, backward, bind_lengths, check_edits, chunks,
                              run_installed)
-from ..model.checks import as_subject, check_site
+from ..model.checks import as_subject, check_site, one_stack, position_mask
 from ..model.subject import Subject
 from .common import as_metric, cached_run, combine_runs, resolve_how, run_parts, stat_args, to_np
 from .sweeps import Sweep
@@ -86,6 +85,7 @@ def ablate_path(subject: Subject, p: Path, *, inputs: Any, metric: Metric, how: 
     mean over the inputs) *only where it enters the receiver's input* (:func:`pi.path`); every other component,
     the sender's other readers included, sees the clean run. Positive = behaviour lost."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "path patching")
     tokens = subject.tokens(inputs)
     p = _check_path(subject, p, tokens)
     how = resolve_how((p.sender,), how).for_inputs(tokens)
@@ -103,6 +103,7 @@ def patch_path(subject: Subject, p: Path, *, clean: Any, corrupt: Any, metric: M
     reaching the receiver's input only. Per example, the damage in metric units (clean - patched for a
     higher-is-better metric); positive = the path carries what the corruption changes."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "path patching")
     tokens = subject.tokens(clean, name="clean")
     p = _check_path(subject, p, tokens)
     how = Patch(source=corrupt, label="patch from corrupt")
@@ -241,6 +242,7 @@ def block_attention(subject: Subject, head_site: Site, *, keys: Any, inputs: Any
     number of keys, not the attention removed (on induction-llama, head 1.0: 0.945 for the named keys against
     0.004 for the control)."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "attention-pattern edits")
     tokens = subject.tokens(inputs)
     check_site(subject, head_site, tokens)
     if head_site.kind != "head" or head_site.positions is not None:
@@ -277,6 +279,7 @@ def patch_pattern(subject: Subject, head_site: Site, *, clean: Any, corrupt: Any
     ``corrupt`` (its values, and every other head, stay clean). Per example, the damage in metric units
     (positive = the head's *pattern*, where it looks, carries what the corruption changes)."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "attention-pattern edits")
     tokens = subject.tokens(clean, name="clean")
     source = subject.tokens(corrupt, name="corrupt")
     check_site(subject, head_site, tokens)
@@ -317,6 +320,7 @@ def edge_screen(subject: Subject, senders: list[Site] | None = None, receivers: 
     sender replaced (integrated gradients along the senders' replacement, as EAP-IG does along the input); each
     step costs one forward and one backward pass."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "the edge screen")
     how = check_how(Mean() if how is None else how)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InterpError("steps must be a positive int", expected="1 (plain gradients) or more (integrated)",

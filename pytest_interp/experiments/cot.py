@@ -34,7 +34,7 @@ from ..core.sites import resid
 from ..core.stats import Effect, mean_effect, wilson_interval
 from ..engine.hooks import Edit
 from ..engine.runner import check_edits, chunks, intervened_logits, logits
-from ..model.checks import as_subject
+from ..model.checks import as_subject, one_stack
 from ..model.subject import Subject
 from .common import stat_args
 from .editing import rate_p_value
@@ -145,6 +145,7 @@ def cot(subject: Subject, chains: list[Chain], *, test: str, k: int | None = Non
     the answer is the argmax over the vocabulary, so a model that, cut short, predicts more chain or the cue
     again counts as a changed answer."""
     subject = as_subject(subject)
+    one_stack(subject, "chain-of-thought tests")
     st = stat_args(alpha, seed)
     if test not in TESTS:
         raise InterpError(f"unknown chain-of-thought test {test!r}", expected=f"one of {', '.join(TESTS)}",
@@ -270,6 +271,7 @@ def cot_chains(subject: Subject, questions: list[str], *, steps: int, cue: str, 
     from ..engine.runner import generate
 
     subject = as_subject(subject)
+    one_stack(subject, "chain-of-thought generation")
     toks = subject.tokens(questions, name="questions")
     gen = generate(subject, toks, Greedy(max_new_tokens=steps * step_tokens), [], torch.arange(len(questions)))
     out = []

@@ -31,7 +31,7 @@ from ..core.errors import InterpError
 from ..core.sites import Site
 from ..core.stats import Effect, wilson_interval
 from ..engine.runner import fit_delta, logits, module_inputs
-from ..model.checks import as_subject, check_site
+from ..model.checks import as_subject, check_site, one_stack
 from ..model.subject import Subject
 from .common import stat_args
 from .tracing import subject_mask
@@ -170,6 +170,7 @@ def edit(subject: Subject, site: Site, *, prompts: Any, new_answer: Any, sample:
         ridge: added to the covariance's diagonal, times its mean diagonal.
     """
     subject = as_subject(subject)
+    one_stack(subject, "rank-one editing")
     tokens = subject.tokens(prompts, name="edit prompts")
     check_site(subject, site, tokens)
     proj, kind = projection(subject, site)
@@ -293,6 +294,7 @@ def editing(subject: Subject, site: Site, facts: list[Fact], *, sample: Any, alp
     """Edit each fact in its own copy of ``subject`` at ``site`` and measure efficacy, generalisation and
     specificity over the facts (``kwargs`` go to :func:`edit`)."""
     subject = as_subject(subject)
+    one_stack(subject, "rank-one editing")
     st = stat_args(alpha, seed)
     if not facts:
         raise InterpError("no facts to edit", expected="a list of pi.Fact", seen="[]", fix="pass facts=[...]")
@@ -378,6 +380,7 @@ def localisation_vs_editing(subject: Subject, facts: list[Fact], *, answers: lis
     from .tracing import restore
 
     subject = as_subject(subject)
+    one_stack(subject, "rank-one editing")
     st = stat_args(alpha, seed)
     memo = repr((subject.fingerprint, [(f.prompts, f.subject, f.new_answer) for f in facts], answers,
                  tensor_digest(subject.tokens(sample, name="covariance sample")), layers, position, noise, samples,

@@ -11,7 +11,7 @@ import torch
 from ..core.cache import current, tensor_digest
 from ..core.data import RepeatedTokens
 from ..engine.runner import attentions
-from ..model.checks import as_subject
+from ..model.checks import as_subject, one_stack
 from ..model.subject import Subject
 
 
@@ -20,6 +20,7 @@ def induction_scores(subject: Subject, layer: int, data: RepeatedTokens) -> np.n
     earlier occurrence: ``[n, heads]``."""
     def compute() -> torch.Tensor:
         subject_ = as_subject(subject)
+        one_stack(subject_, "induction scores")
         att = attentions(subject_, subject_.tokens(data.tokens), [layer])[0]
         ex, q, k = data.induction_pairs()
         w = att[ex, :, q, k].cpu().double().numpy()  # [pairs, heads]

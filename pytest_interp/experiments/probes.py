@@ -86,6 +86,11 @@ def probe(subject: Subject, site: Site, inputs: Any, labels: Any, *, position: i
         l2: the L2 penalty on the (standardised) probe weights.
     """
     subject = as_subject(subject)
+    if site.decoder_side:
+        raise InterpError(f"probing {site} is not supported", expected="a site of one stack, or of an "
+                          "encoder-decoder model's encoder (whose positions are the inputs' tokens)",
+                          seen="a decoder site: its positions are the decoder's, not the inputs'",
+                          fix="probe the encoder (stack='encoder'), or read decoder activations yourself")
     st = stat_args(alpha, seed)
     tokens = subject.tokens(inputs)
     y = _labels(labels, len(tokens), "labels")

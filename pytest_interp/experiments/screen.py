@@ -17,7 +17,7 @@ from ..core.stats import mean_effect
 from ..engine.hooks import install
 from ..engine.interventions import Intervention, Mean, Zero, check_how
 from ..engine.runner import backward, capture, chunks, remember
-from ..model.checks import as_subject, check_site, position_mask
+from ..model.checks import as_subject, check_site, one_stack, position_mask
 from ..model.subject import Subject
 from .common import as_metric, stat_args, to_np
 from .sweeps import Sweep, all_heads
@@ -33,6 +33,7 @@ def attribution_sweep(subject: Subject, sites: Iterable[Site] | None = None, *, 
     A set of SAE features (``sae.features()``: all of them) is screened in one hook and estimated feature by
     feature: the result has one entry per feature, ``sae.feature(i)`` (with the set's positions)."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "the attribution sweep")
     with subject.steady():  # one fingerprint for every site
         how = check_how(Mean() if how is None else how)
         if not isinstance(how, (Mean, Zero)):

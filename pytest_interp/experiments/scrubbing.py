@@ -30,7 +30,7 @@ from ..core.sites import Site
 from ..core.stats import Effect, bootstrap_ci, check_finite, sign_flip_p
 from ..engine.interventions import Intervention
 from ..engine.runner import capture
-from ..model.checks import as_subject, check_site
+from ..model.checks import as_subject, check_site, one_stack
 from ..model.subject import Subject
 from .ablation import ablate
 from .common import as_metric, stat_args
@@ -142,6 +142,7 @@ def scrub(subject: Subject, hypothesis: Hypothesis, *, inputs: Any, metric: Metr
     (7%) and 0.37 on 512 (1.4%). More than ``max_alone`` of a site's tokens alone in their class is therefore
     an InterpError (more inputs, or coarser labels, fix it)."""
     subject, metric = as_subject(subject), as_metric(metric)
+    one_stack(subject, "causal scrubbing")
     st = stat_args(alpha, seed)
     tokens = subject.tokens(inputs)
     if not isinstance(hypothesis, dict) or not hypothesis:

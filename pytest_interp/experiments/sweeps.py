@@ -160,9 +160,10 @@ def sweep(subject: Subject, sites: Iterable[Site] | None = None, *, inputs: Any,
 
 def patch_sweep(subject: Subject, *, clean: Any, corrupt: Any, metric: Metric, layers: Iterable[int] | None = None,
                 positions: Iterable[int] | None = None, kind: str = "resid", into: str = "corrupt",
-                alpha: float | None = None, seed: int | None = None) -> Sweep:
+                stack: str | None = None, alpha: float | None = None, seed: int | None = None) -> Sweep:
     """Patch ``kind`` (``resid``, ``attn`` or ``mlp``) at each (layer, position); ``result[site]`` equals
-    ``pi.patch`` at that site. Defaults: every layer and every position.
+    ``pi.patch`` at that site. Defaults: every layer and every position. For an encoder-decoder model name the
+    ``stack`` (``"encoder"``: its layers and the encoder's tokens; ``"decoder"``: its layers and positions).
 
     In a causal model each pass starts at its position (earlier keys and values come from the unpatched run),
     and sites where the two runs' activations are bit-for-bit equal (every position before the first differing
@@ -176,10 +177,11 @@ def patch_sweep(subject: Subject, *, clean: Any, corrupt: Any, metric: Metric, l
                               expected="'resid', 'attn' or 'mlp'",
                               seen=repr(kind), fix="pick one of the three")
         prep = PreparedPatch(subject, clean, corrupt, metric, into)
-        seq = prep.target.shape[1]
-        layers_l = list(range(subject.n_layers)) if layers is None else list(layers)
+        seq = (subject.decoder_tokens(prep.target) if stack == "decoder" else prep.target).shape[1]
+        n_layers = subject.n_decoder_layers if stack == "decoder" else subject.n_layers
+        layers_l = list(range(n_layers)) if layers is None else list(layers)
         positions_l = list(range(seq)) if positions is None else list(positions)
-        sites_t = as_sites([make(lay).at(p) for lay in layers_l for p in positions_l])
+        sites_t = as_sites([make(lay, stack=stack).at(p) for lay in layers_l for p in positions_l])
         for s in sites_t:
             check_site(subject, s, prep.target)
         st = stat_args(alpha, seed)

@@ -20,7 +20,7 @@ from ..core.sites import Site, as_sites, attn, mlp, resid
 from ..core.stats import Effect, bootstrap_ci, sign_flip_p
 from ..engine.hooks import Edit
 from ..engine.runner import capture, check_edits, chunks, embedding, intervened_logits
-from ..model.checks import as_subject, check_site
+from ..model.checks import as_subject, check_site, one_stack
 from ..model.subject import Subject
 from .common import stat_args
 
@@ -281,6 +281,7 @@ def trace(subject: Subject, prompts: Any, subject_tokens: Any, answer: Any, *, k
     layer l (``resid 0``: the embeddings). Inside a pytest session each grid becomes a heatmap in the HTML
     report."""
     subject = as_subject(subject)
+    one_stack(subject, "causal tracing")
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise InterpError(f"cannot trace {bad[0] if bad else 'nothing'!r}", expected="kinds from 'resid', 'mlp', "
@@ -327,6 +328,7 @@ def restore(subject: Subject, sites: Any, *, prompts: Any, subject_tokens: Any, 
     """The fraction of the clean-corrupted gap in the answer's probability recovered by restoring ``sites``
     (together) in the subject-noised run."""
     subject = as_subject(subject)
+    one_stack(subject, "causal tracing")
     sites_t = as_sites(sites)
     st = stat_args(alpha, seed)
     corr = Corruption(subject, prompts, subject_tokens, answer, noise=noise, samples=samples, seed=st["seed"])

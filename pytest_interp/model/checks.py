@@ -159,3 +159,15 @@ def as_subject(subject: Any) -> Subject:
                           seen=type(subject).__name__, fix="wrap the model with pi.load(...) first "
                           "(or use the `subject` fixture)")
     return subject
+
+
+def one_stack(subject: Subject, what: str) -> None:
+    """An InterpError when ``subject`` is an encoder-decoder model and ``what`` is a method defined for models with
+    one stack (a causal LM or an encoder)."""
+    if subject.encoder_decoder:
+        raise InterpError(f"{what} is not supported for encoder-decoder models",
+                          expected="a decoder-only or encoder-only model",
+                          seen=f"{subject.class_name} (an encoder and a decoder that reads it)",
+                          fix="on encoder-decoder models use pi.ablate, pi.patch, pi.sweep and pi.patch_sweep at "
+                              "sites with stack= or pi.cross_head / pi.cross_attn, the prompt-segment experiments "
+                              "and claims, pi.provenance, pi.explain.attention and leave-one-token-out")

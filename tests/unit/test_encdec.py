@@ -267,3 +267,31 @@ def test_reports_name_both_stacks(encdec):
     assert str(pi.head(1, 2, stack="encoder")) == "encoder head 1.2"
     assert str(pi.mlp(0, stack="decoder").at(-1)) == "decoder mlp 0 @ -1"
     assert str(pi.cross_head(1, 0)) == "cross head 1.0" and str(pi.cross_attn(2)) == "cross attn 2"
+
+
+def test_patch_sweeps_name_a_stack_and_equal_single_patches(encdec):
+    clean, corrupt = _x(n=32, seed=1), _x(n=32, seed=2)
+    with torch.no_grad():  # each clean input's own top prediction, so the clean run scores better
+        top = encdec.model(input_ids=clean, decoder_input_ids=_start(encdec, 32), use_cache=False).logits[:, -1]
+    metric = pi.metrics.logprob(top.argmax(-1).tolist())
+    sw = pi.patch_sweep(encdec, clean=clean, corrupt=corrupt, metric=metric, stack="encoder", layers=[1],
+                        positions=[0, 8])
+    site = pi.resid(1, stack="encoder").at(8)
+    assert sw[site].mean == pytest.approx(pi.patch(encdec, site, clean=clean, corrupt=corrupt, metric=metric).mean,
+                                          abs=1e-6)
+    dec = pi.patch_sweep(encdec, clean=clean, corrupt=corrupt, metric=metric, stack="decoder", kind="mlp")
+    assert len(dec) == encdec.n_decoder_layers  # one decoder position: the start token
+    with pytest.raises(pi.InterpError, match="does not say which stack"):
+        pi.patch_sweep(encdec, clean=clean, corrupt=corrupt, metric=metric)
+
+
+def test_methods_defined_for_one_stack_refuse_encoder_decoder_models(encdec):
+    x = _x()
+    with pytest.raises(pi.InterpError, match="causal tracing is not supported for encoder-decoder models"):
+        pi.trace(encdec, x, [1, 2], 5)
+    with pytest.raises(pi.InterpError, match="path patching is not supported"):
+        pi.ablate_path(encdec, pi.path(pi.head(0, 0, stack="encoder"), pi.head(1, 0, stack="encoder"), via="k"),
+                       inputs=x,
+                       metric=pi.metrics.logprob(5))
+    with pytest.raises(pi.InterpError, match="probing decoder mlp 0 is not supported"):
+        pi.probe(encdec, pi.mlp(0, stack="decoder"), x, [i % 2 for i in range(len(x))])
