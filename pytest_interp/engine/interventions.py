@@ -134,12 +134,13 @@ class Mean(Intervention):
         if self.per_position is None:
             return self.for_inputs(tokens).prepare_run(subject, site, tokens, i)
         ref = tokens if self.reference is None else subject.tokens(self.reference, name="Mean reference")
+        acts = capture(subject, ref, [site.unrestricted])[site.unrestricted]
+        tokens, ref = _layout(subject, site, tokens), _layout(subject, site, ref)  # the activations' positions
         from_end = _from_end(site)
         if self.per_position and not from_end and ref.shape[1] != tokens.shape[1]:
             raise InterpError("Mean reference has another length than the inputs",
                               expected=f"{tokens.shape[1]} tokens per reference example (per-position mean)",
                               seen=f"{ref.shape[1]} tokens", fix="use Mean(reference, per_position=False)")
-        acts = capture(subject, ref, [site.unrestricted])[site.unrestricted]
         own = self.reference is None and self.exclude_self
         if not own:
             if self.reference is not None and self.per_position and (ragged(tokens) or ragged(ref)):
@@ -166,6 +167,12 @@ class Mean(Intervention):
         extra = ", size-corrected" if self.reference is None and self.exclude_self and self.debias else ""
         where = {True: "", False: ", all positions", None: ", per position if one length"}[self.per_position]
         return f"mean-ablate (mean over {src}{where}{extra})"
+
+
+def _layout(subject: Subject, site: Site, tokens: torch.Tensor) -> torch.Tensor:
+    """The token ids whose positions ``site``'s activations run over: the inputs, or for a decoder-side site of an
+    encoder-decoder model the decoder's (the same for every example, never padded)."""
+    return subject.decoder_tokens(tokens) if site.decoder_side else tokens
 
 
 def _halves(n: int, seed: int) -> torch.Tensor:
@@ -310,6 +317,8 @@ class Resample(Intervention):
     def prepare(self, subject: Subject, site: Site, tokens: torch.Tensor) -> Replacement:
         src = tokens if self.source is None else subject.tokens(self.source, name="Resample source")
         n, m = tokens.shape[0], src.shape[0]
+        if site.decoder_side:  # decoder positions: the same in every example, whatever the encoder's lengths
+            return self._aligned(subject, site, src, n)
         if self.source is None and n < 2:
             raise InterpError("Resample from the inputs needs at least 2 examples", expected=">= 2 examples",
                               seen=f"{n}", fix="pass a larger batch or Resample(source=...)")
@@ -319,6 +328,11 @@ class Resample(Intervention):
             raise InterpError("Resample source has another length than the inputs",
                               expected=f"{tokens.shape[1]} tokens per source example", seen=f"{src.shape[1]} tokens",
                               fix="resample from sequences of the same length")
+        return self._aligned(subject, site, src, n)
+
+    def _aligned(self, subject: Subject, site: Site, src: torch.Tensor, n: int) -> Replacement:
+        """Examples whose activations cover the same positions: each takes a whole donor example's activation."""
+        m = src.shape[0]
         g = torch.Generator().manual_seed(self.seed)
         if self.source is None:
             shift = torch.randint(1, n, (n,), generator=g)  # example i takes (i + shift) mod n: never itself
@@ -395,7 +409,7 @@ class Noise(Intervention):
             raise InterpError("Noise scale must be positive", expected="scale > 0", seen=str(self.scale),
                               fix="e.g. pi.Noise(scale=3.0)")
         acts = capture(subject, tokens, [site.unrestricted])[site.unrestricted]
-        std = float(acts[real(tokens).to(acts.device)].float().std())  # over real tokens only
+        std = float(acts[real(_layout(subject, site, tokens)).to(acts.device)].float().std())  # real tokens only
         g = torch.Generator().manual_seed(self.seed)
         noise = torch.randn(acts.shape, generator=g).to(acts.device) * (self.scale * std)
         return lambda act, rows: act + noise[rows].to(act.dtype)
@@ -475,6 +489,7 @@ class Direction(Intervention):
         level = 0.0
         if self.mode == "mean":
             acts = capture(subject, tokens, [site.unrestricted])[site.unrestricted]
+            tokens = _layout(subject, site, tokens)
             n, seq = tokens.shape
             covered = position_mask(site, torch.arange(n), n, seq, tokens.device, batch_lengths(tokens))
             keep = real(tokens) if covered is None else real(tokens) & covered.expand(n, seq)

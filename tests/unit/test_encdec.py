@@ -233,7 +233,7 @@ def test_encoder_decoder_bad_input_is_refused_clearly(encdec, llama):
         pi.leave_out(llama, [pi.Prompt(("doc", "t1 t2"), ("text", "t3"), answer="t4", decoder="t5")] * 12, 0)
 
 
-def test_the_run_cache_tells_the_stacks_apart(encdec, tmp_path):
+def test_the_run_cache_tells_the_stacks_apart(encdec):
     from pytest_interp.core.cache import site_key
 
     assert len({site_key(s) for s in (pi.head(0, 1, stack="encoder"), pi.head(0, 1, stack="decoder"),
@@ -295,3 +295,44 @@ def test_methods_defined_for_one_stack_refuse_encoder_decoder_models(encdec):
                        metric=pi.metrics.logprob(5))
     with pytest.raises(pi.InterpError, match="probing decoder mlp 0 is not supported"):
         pi.probe(encdec, pi.mlp(0, stack="decoder"), x, [i % 2 for i in range(len(x))])
+
+
+def test_mean_and_resample_of_a_decoder_side_site_use_the_decoders_positions(encdec):
+    arch = encdec.adapter_spec.name
+    cross_o = _modules(encdec, arch)["cross_o"](1)
+    d, h, ans = encdec.adapter.head_dim, 2, 7
+    rag = [list(range(3, 8 + i % 3)) for i in range(16)]  # encoder inputs of 5 to 7 tokens
+    x = encdec.tokens(rag)
+    mask = pi.real(x).long()
+    xin = x.masked_fill(~pi.real(x), 0)
+
+    def lp(hook=None):
+        handle = cross_o.register_forward_pre_hook(hook) if hook else None
+        try:
+            with torch.no_grad():
+                out = encdec.model(input_ids=xin, attention_mask=mask, decoder_input_ids=_start(encdec, 16),
+                                   use_cache=False)
+        finally:
+            if handle:
+                handle.remove()
+        return torch.log_softmax(out.logits[:, -1].float(), -1)[:, ans]
+
+    seen = []
+    lp(lambda m, a: seen.append(a[0][..., h * d:(h + 1) * d].clone()))
+    own = seen[0]  # [16, 1, d]: one decoder position, whatever each encoder input's length
+
+    def put(value):
+        def pre(m, a):
+            y = a[0].clone()
+            y[..., h * d:(h + 1) * d] = value
+            return (y, *a[1:])
+        return pre
+    metric = pi.metrics.logprob(ans)
+    eff = pi.ablate(encdec, pi.cross_head(1, h), inputs=rag, metric=metric, how=pi.Mean(exclude_self=False))
+    want = lp() - lp(put(own.mean(0, keepdim=True)))
+    assert torch.allclose(torch.as_tensor(eff.values, dtype=torch.float32), want, atol=1e-5)
+    shift = torch.randint(1, 16, (16,), generator=torch.Generator().manual_seed(3))
+    donor = (torch.arange(16) + shift) % 16
+    eff = pi.ablate(encdec, pi.cross_head(1, h), inputs=rag, metric=metric, how=pi.Resample(seed=3))
+    want = lp() - lp(put(own[donor]))
+    assert torch.allclose(torch.as_tensor(eff.values, dtype=torch.float32), want, atol=1e-5)
